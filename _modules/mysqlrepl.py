@@ -1,0 +1,1388 @@
+"""
+MySQL/MariaDB replication over TLS, driven from the ``mysqlrepl`` pillar.
+
+:depends: PyMySQL, cryptography; MariaDB client tools (mariadb-backup, mbstream)
+          for seeding.
+
+Connection settings follow saltext-mysql: each server's local admin connection
+uses its pillar ``connection`` block, else ``mysql.default_file`` /
+``mysql.user`` / ``mysql.pass`` from the minion config, else root over the
+server's unix socket.
+
+Most functions take ``server``: the name of a server in
+``mysqlrepl:servers`` that this minion owns. It may be omitted when the minion
+owns exactly one server.
+
+SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
+``_utils/mysqlrepl_tls.py``, pillar validation in ``_utils/mysqlrepl_config.py``.
+"""
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mysqlrepl"
+
+try:
+    import pymysql  # noqa: F401
+
+    HAS_PYMYSQL = True
+except ImportError:
+    HAS_PYMYSQL = False
+
+try:
+    import cryptography  # noqa: F401
+
+    HAS_CRYPTOGRAPHY = True
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+
+
+def __virtual__():
+    if not HAS_PYMYSQL:
+        return (False, "mysqlrepl needs PyMySQL")
+    if not HAS_CRYPTOGRAPHY:
+        return (False, "mysqlrepl needs cryptography")
+    return __virtualname__
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def _u(name):
+    return __utils__[name]
+
+
+def _sql(name):
+    return __utils__[f"mysqlrepl_sql.{name}"]
+
+
+def _cfg():
+    """Normalised pillar, validated as a whole (cached for this job)."""
+    key = "mysqlrepl.cfg"
+    if key not in __context__:
+        raw = __pillar__.get("mysqlrepl")
+        __context__[key] = _u("mysqlrepl_config.load")(raw, minion_id=__opts__["id"])
+    return __context__[key]
+
+
+def _server(server=None, local=True):
+    cfg = _cfg()
+    if server is None:
+        if len(cfg["local_servers"]) != 1:
+            raise SaltInvocationError(
+                "name the server: this minion owns "
+                + (", ".join(cfg["local_servers"]) or "no server of mysqlrepl:servers")
+            )
+        server = cfg["local_servers"][0]
+    if server not in cfg["servers"]:
+        raise SaltInvocationError(f"unknown server {server!r} (mysqlrepl:servers)")
+    if local and server not in cfg["local_servers"]:
+        raise SaltInvocationError(
+            f"server {server} belongs to minion {cfg['servers'][server]['minion']}, not {__opts__['id']}"
+        )
+    return cfg["servers"][server]
+
+
+def _connect(srv, connect_timeout=10):
+    return _u("mysqlrepl_db.connect_local")(srv, __opts__, connect_timeout=connect_timeout)
+
+
+def _run(conn, stmt):
+    return _u("mysqlrepl_db.run")(conn, stmt)
+
+
+def _one(conn, stmt):
+    rows = _run(conn, stmt)
+    return rows[0] if rows else None
+
+
+def _version(conn):
+    return _sql("parse_version")(_one(conn, _sql("SELECT_VERSION"))["version"])
+
+
+def _variables(conn, names):
+    rows = _run(conn, _sql("global_variables")(names))
+    return {row["name"].lower(): row["value"] for row in rows}
+
+
+def _fire(tag, data):
+    """Progress on the master's event bus (salt/mysqlrepl/...); never fatal."""
+    try:
+        __salt__["event.send"](f"salt/mysqlrepl/{tag}", data)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("mysqlrepl: event %s not sent: %s", tag, exc)
+
+
+def _owner_ids(srv):
+    try:
+        entry = pwd.getpwnam(srv["os_user"])
+    except KeyError as exc:
+        raise CommandExecutionError(
+            f"OS user {srv['os_user']} for server {srv['name']} does not exist"
+        ) from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_file(path, text, mode=0o644, uid=None, gid=None):
+    """Atomic write with the final mode from the start."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.mysqlrepl-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        if uid is not None:
+            os.chown(tmp, uid, gid)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------
+# pillar
+# ---------------------------------------------------------------------------
+
+def settings(redacted=True):
+    """
+    Return the validated, normalised ``mysqlrepl`` pillar of this minion
+    (passwords masked unless ``redacted=False``). Fails with the key that is wrong.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.settings
+    """
+    cfg = _cfg()
+    return _u("mysqlrepl_config.redact")(cfg) if redacted else cfg
+
+
+# ---------------------------------------------------------------------------
+# CA and certificates (salt.modules.tls call shape, built on cryptography)
+# ---------------------------------------------------------------------------
+
+def _tls_path(cacert_path):
+    return cacert_path or __salt__["config.get"]("ca.cert_base_path", "/etc/pki")
+
+
+def create_ca(ca_name, bits=2048, days=365, CN="localhost", C="US", ST="Utah",
+              L="Salt Lake City", O="SaltStack", OU=None, emailAddress=None,
+              fixmode=False, cacert_path=None, ca_filename=None, digest="sha256",
+              replace=False, **kwargs):  # pylint: disable=invalid-name,unused-argument
+    """
+    Create a Certificate Authority, with the arguments and file layout of
+    ``tls.create_ca``: ``<cacert_path>/<ca_name>/<ca_name>_ca_cert.{crt,key}``.
+    The key is 0600. A second call changes nothing and says so.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db1*' mysqlrepl.create_ca mysql days=730 CN='db1-masterdb.production.wpdn' O='W3C' OU='WebPlatform Docs' emailAddress='ops@example.org'
+    """
+    _changed, message = _u("mysqlrepl_tls.create_ca")(
+        ca_name, bits=bits, days=days, CN=CN, C=C, ST=ST, L=L, O=O, OU=OU,
+        emailAddress=emailAddress, fixmode=fixmode, cacert_path=_tls_path(cacert_path),
+        ca_filename=ca_filename, digest=digest, replace=replace,
+    )
+    return message
+
+
+def create_csr(ca_name, bits=2048, CN="localhost", C=None, ST=None, L=None, O=None,
+               OU=None, emailAddress=None, subjectAltName=None, cacert_path=None,
+               csr_path=None, csr_filename=None, digest="sha256", cert_type="server",
+               replace=False, **kwargs):  # pylint: disable=invalid-name,unused-argument
+    """
+    Create a private key (0600) and a CSR, in the shape of ``tls.create_csr``
+    (``<cacert_path>/<ca_name>/certs/<CN>.{csr,key}``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.create_csr mysql CN=db2 subjectAltName='IP:10.0.0.2, DNS:db2.example.org'
+    """
+    _changed, message = _u("mysqlrepl_tls.create_csr")(
+        ca_name, bits=bits, CN=CN, C=C, ST=ST, L=L, O=O, OU=OU, emailAddress=emailAddress,
+        subjectAltName=subjectAltName, cacert_path=_tls_path(cacert_path), csr_path=csr_path,
+        csr_filename=csr_filename, digest=digest, cert_type=cert_type, replace=replace,
+    )
+    return message
+
+
+def create_ca_signed_cert(ca_name, CN, days=365, cacert_path=None, ca_filename=None,
+                          cert_path=None, cert_filename=None, digest="sha256",
+                          cert_type="server", replace=False, **kwargs):  # pylint: disable=invalid-name,unused-argument
+    """
+    Sign the CSR made by ``create_csr`` with the CA, in the shape of
+    ``tls.create_ca_signed_cert``. Server certificates carry serverAuth and
+    clientAuth (a replica presents its certificate to its master).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db1*' mysqlrepl.create_ca_signed_cert mysql CN=db2 days=365
+    """
+    _changed, message = _u("mysqlrepl_tls.create_ca_signed_cert")(
+        ca_name, CN, days=days, cacert_path=_tls_path(cacert_path), ca_filename=ca_filename,
+        cert_path=cert_path, cert_filename=cert_filename, digest=digest, cert_type=cert_type,
+        replace=replace,
+    )
+    return message
+
+
+def csrs():
+    """
+    The CSRs of this minion's servers, for the Salt mine
+    (``{server: {cert_id: csr_pem}}``). The CA minion signs what it finds here.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.csrs
+    """
+    cfg = _cfg()
+    out = {}
+    for name in cfg["local_servers"]:
+        for cert in cfg["servers"][name]["certs"]:
+            pem = _read(cert["csr"])
+            if pem:
+                out.setdefault(name, {})[cert["id"]] = pem
+    return out
+
+
+def issued():
+    """
+    On the CA minion: the CA certificate and the certificates it issued for the
+    topology, for the Salt mine (``{"ca": pem, "certs": {server: {cert_id: pem}}}``).
+    Never returns a key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db1*' mysqlrepl.issued
+    """
+    cfg = _cfg()
+    ca = cfg["ca"]
+    out = {"ca": _read(ca["cert_file"]), "certs": {}}
+    for name, srv in cfg["servers"].items():
+        for cert in srv["certs"]:
+            pem = _read(_issued_path(cfg, name, cert["id"]))
+            if pem:
+                out["certs"].setdefault(name, {})[cert["id"]] = pem
+    return out
+
+
+def _issued_path(cfg, server, cert_id):
+    return os.path.join(cfg["ca"]["dir"], "issued", f"{cfg['topology']}-{server}-{cert_id}.crt")
+
+
+def _cert_wanted(cfg, cert, info):
+    """Why an existing certificate does not fit (None when it does)."""
+    want = _u("mysqlrepl_tls.subject_string")(cert["cn"], cert["subject"])
+    if info["subject_str"] != want:
+        return f"subject is {info['subject_str']}, want {want}"
+    if sorted(info["san"]) != sorted(cert["san"]):
+        return f"subjectAltName is {', '.join(info['san']) or 'empty'}, want {', '.join(cert['san']) or 'empty'}"
+    if info["days_remaining"] <= cfg["tls"]["renew_days"]:
+        return f"expires in {info['days_remaining']:.0f} days (renew at {cfg['tls']['renew_days']})"
+    return None
+
+
+def sign_pending(test=False):
+    """
+    On the CA minion: sign the CSRs the topology's servers published to the mine
+    when they match pillar (subject and subjectAltName exactly as pillar says
+    for that server), and re-issue certificates close to expiry. Publishes the
+    result with ``mine.send mysqlrepl.issued``. Returns what was (or, with
+    ``test=True``, would be) signed, and what is still missing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db1*' mysqlrepl.sign_pending
+    """
+    cfg = _cfg()
+    ca = cfg["ca"]
+    if cfg["ca"]["minion"] != __opts__["id"]:
+        raise CommandExecutionError(f"the CA lives on minion {ca['minion']}, not {__opts__['id']}")
+    if not os.path.exists(ca["key_file"]):
+        raise CommandExecutionError(f"no CA key at {ca['key_file']}: create the CA first")
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    minions = sorted({srv["minion"] for srv in cfg["servers"].values()})
+    mine = __salt__["mine.get"](",".join(minions), "mysqlrepl.csrs", tgt_type="list") or {}
+    result = {"signed": [], "missing": [], "refused": []}
+    for name, srv in sorted(cfg["servers"].items()):
+        published = (mine.get(srv["minion"]) or {}).get(name) or {}
+        for cert in srv["certs"]:
+            label = f"{name}/{cert['id']}"
+            csr_pem = published.get(cert["id"])
+            if not csr_pem:
+                result["missing"].append(label)
+                continue
+            try:
+                csr = tls("csr_info")(csr_pem)
+            except CommandExecutionError as exc:
+                result["refused"].append(f"{label}: {exc}")
+                continue
+            want_subject = tls("subject_string")(cert["cn"], cert["subject"])
+            if csr["subject_str"] != want_subject or sorted(csr["san"]) != sorted(cert["san"]):
+                result["refused"].append(
+                    f"{label}: CSR asks for {csr['subject_str']} / {', '.join(csr['san'])}, "
+                    f"pillar says {want_subject} / {', '.join(cert['san'])}"
+                )
+                continue
+            path = _issued_path(cfg, name, cert["id"])
+            current = _read(path)
+            if current:
+                info = tls("cert_info")(current)
+                if (info["public_key_sha256"] == csr["public_key_sha256"]
+                        and _cert_wanted(cfg, cert, info) is None):
+                    continue
+            result["signed"].append(label)
+            if test:
+                continue
+            pem = tls("sign_csr")(csr_pem, ca["cert_file"], ca["key_file"],
+                                  days=cfg["tls"]["cert_days"], digest=ca["digest"],
+                                  usage=cert["usage"])
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            _write_file(path, pem, mode=0o644)
+    if not test:
+        published_now = (__salt__["mine.get"](__opts__["id"], "mysqlrepl.issued") or {}).get(__opts__["id"])
+        if result["signed"] or published_now != issued():
+            __salt__["mine.send"]("mysqlrepl.issued")
+    return result
+
+
+def tls_check(server=None):
+    """
+    Compare the server's key, CSR, certificate and CA file with what pillar
+    asks; returns a list of ``(item, problem)`` pairs (empty when all is well).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.tls_check
+    """
+    srv = _server(server)
+    return [list(p) for p in _tls_problems(_cfg(), srv, _ca_from_mine(_cfg()))]
+
+
+def _ca_from_mine(cfg):
+    minion = cfg["ca"]["minion"]
+    data = (__salt__["mine.get"](minion, "mysqlrepl.issued") or {}).get(minion) or {}
+    return data
+
+
+def _tls_problems(cfg, srv, published):
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    uid, gid = _owner_ids(srv)
+    problems = []
+    ca_pem = published.get("ca")
+    installed_ca = _read(srv["tls_files"]["ca"])
+    if not ca_pem:
+        problems.append(("ca", f"waiting for the CA certificate from minion {cfg['ca']['minion']} "
+                               "(mine mysqlrepl.issued is empty: apply mysqlrepl.ca there)"))
+    elif installed_ca != ca_pem:
+        problems.append(("ca", "CA certificate " + ("missing" if installed_ca is None else "differs")))
+    for cert in srv["certs"]:
+        status = tls("key_status")(cert["key"], uid=uid, gid=gid)
+        if not status["exists"]:
+            problems.append((f"{cert['id']}.key", "missing"))
+            continue
+        if not status["mode_ok"] or not status["owner_ok"]:
+            problems.append((f"{cert['id']}.key", f"mode {status['mode']} / owner wrong (want 0600 {srv['os_user']})"))
+        csr_pem = _read(cert["csr"])
+        want_subject = tls("subject_string")(cert["cn"], cert["subject"])
+        key_fp = tls("key_public_sha256")(cert["key"])
+        if not csr_pem:
+            problems.append((f"{cert['id']}.csr", "missing"))
+        else:
+            csr = tls("csr_info")(csr_pem)
+            if (csr["subject_str"] != want_subject or sorted(csr["san"]) != sorted(cert["san"])
+                    or csr["public_key_sha256"] != key_fp):
+                problems.append((f"{cert['id']}.csr", "does not match pillar or key"))
+        cert_pem = _read(cert["cert"])
+        if not cert_pem:
+            problems.append((f"{cert['id']}.crt", "missing"))
+            continue
+        info = tls("cert_info")(cert_pem)
+        why = _cert_wanted(cfg, cert, info)
+        if why:
+            problems.append((f"{cert['id']}.crt", why))
+        elif info["public_key_sha256"] != key_fp:
+            problems.append((f"{cert['id']}.crt", "does not match the key"))
+        elif ca_pem and not tls("cert_signed_by")(cert_pem, ca_pem):
+            problems.append((f"{cert['id']}.crt", "not signed by the topology CA"))
+    return problems
+
+
+def csr_apply(server=None):
+    """
+    First half of the server's TLS files: its private key (0600, owned by the
+    server's OS user, made here and never sent anywhere) and a CSR for the names
+    pillar gives, published to the mine (``mysqlrepl.csrs``) for the CA minion.
+    Returns the changes made.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.csr_apply
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    uid, gid = _owner_ids(srv)
+    changes = {}
+    if not os.path.isdir(srv["tls_dir"]):
+        changes["tls_dir"] = srv["tls_dir"]
+    os.makedirs(srv["tls_dir"], mode=0o750, exist_ok=True)
+    os.chown(srv["tls_dir"], 0, gid)
+    os.chmod(srv["tls_dir"], 0o750)
+    for cert in srv["certs"]:
+        if tls("create_private_key")(cert["key"], bits=cfg["tls"]["bits"], uid=uid, gid=gid):
+            changes[f"{cert['id']}.key"] = "created or mode/owner fixed (0600)"
+        key_fp = tls("key_public_sha256")(cert["key"])
+        csr_pem = _read(cert["csr"])
+        want_subject = tls("subject_string")(cert["cn"], cert["subject"])
+        if csr_pem:
+            csr = tls("csr_info")(csr_pem)
+            if (csr["subject_str"] == want_subject and sorted(csr["san"]) == sorted(cert["san"])
+                    and csr["public_key_sha256"] == key_fp):
+                continue
+        pem = tls("build_csr")(cert["key"], cert["cn"], cert["subject"], san=cert["san"],
+                               digest=cfg["ca"]["digest"])
+        _write_file(cert["csr"], pem, mode=0o644)
+        changes[f"{cert['id']}.csr"] = "written"
+    published = (__salt__["mine.get"](__opts__["id"], "mysqlrepl.csrs") or {}).get(__opts__["id"]) or {}
+    if published.get(srv["name"]) != csrs().get(srv["name"]):
+        __salt__["mine.send"]("mysqlrepl.csrs")
+        changes.setdefault("csr_published", "mine mysqlrepl.csrs")
+    return changes
+
+
+def cert_apply(server=None):
+    """
+    Second half of the server's TLS files: the CA certificate and the server's
+    signed certificate(s), taken from the CA minion's mine data once it signed
+    the current CSR. Returns ``{"changes": {...}, "waiting": [...]}``;
+    ``waiting`` names what only the CA minion can provide. Reloads the files of
+    a running TLS server with ``FLUSH NO_WRITE_TO_BINLOG SSL`` when they changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.cert_apply
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    changes = {}
+    waiting = []
+    published = _ca_from_mine(cfg)
+    reload_needed = False
+    ca_pem = published.get("ca")
+    if not ca_pem:
+        waiting.append(f"CA certificate from minion {cfg['ca']['minion']} (apply mysqlrepl.ca there, "
+                       "or run the mysqlrepl.orch.setup orchestration)")
+    elif _read(srv["tls_files"]["ca"]) != ca_pem:
+        _write_file(srv["tls_files"]["ca"], ca_pem, mode=0o644)
+        changes["ca.crt"] = "installed"
+        reload_needed = True
+    for cert in srv["certs"]:
+        if not os.path.exists(cert["key"]):
+            waiting.append(f"{cert['id']} key (apply mysqlrepl.csr first)")
+            continue
+        key_fp = tls("key_public_sha256")(cert["key"])
+        current = _read(cert["cert"])
+        if current and ca_pem:
+            info = tls("cert_info")(current)
+            if (_cert_wanted(cfg, cert, info) is None and info["public_key_sha256"] == key_fp
+                    and tls("cert_signed_by")(current, ca_pem)):
+                continue
+        offered = ((published.get("certs") or {}).get(srv["name"]) or {}).get(cert["id"])
+        usable = False
+        if offered and ca_pem:
+            info = tls("cert_info")(offered)
+            usable = (_cert_wanted(cfg, cert, info) is None and info["public_key_sha256"] == key_fp
+                      and tls("cert_signed_by")(offered, ca_pem))
+        if not usable:
+            waiting.append(f"{cert['id']} certificate: CA minion {cfg['ca']['minion']} has not signed "
+                           "the current CSR yet (apply mysqlrepl.ca there, or run the "
+                           "mysqlrepl.orch.setup orchestration)")
+            continue
+        _write_file(cert["cert"], offered, mode=0o644)
+        changes[f"{cert['id']}.crt"] = "installed"
+        reload_needed = True
+    if reload_needed:
+        _flush_ssl_if_running(srv)
+    return {"changes": changes, "waiting": waiting}
+
+
+def _flush_ssl_if_running(srv):
+    """Reload rotated certificate files live when TLS is already on."""
+    try:
+        conn = _connect(srv, connect_timeout=3)
+    except CommandExecutionError:
+        return False
+    with _u("mysqlrepl_db.closing")(conn):
+        have = _variables(conn, ["have_ssl"]).get("have_ssl")
+        if have == "YES":
+            _run(conn, _sql("FLUSH_SSL"))
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# server settings
+# ---------------------------------------------------------------------------
+
+def _live_value(name, value):
+    """Normalise a server's variable value for comparison with the drop-in."""
+    if value is None:
+        return None
+    text = str(value)
+    if text.upper() in ("ON", "YES", "TRUE"):
+        return "ON"
+    if text.upper() in ("OFF", "NO", "FALSE"):
+        return "OFF"
+    return text
+
+
+def config_check(server=None):
+    """
+    Compare the server's config drop-in and live variables with pillar.
+    Returns ``{"file": diff or None, "live": {var: [live, want]}, "restart":
+    [vars needing a restart], "running": bool}``. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.config_check
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    return _config_plan(cfg, srv)
+
+
+def _config_plan(cfg, srv):
+    desired = _u("mysqlrepl_config.desired_settings")(cfg, srv["name"])
+    text = __utils__["mysqlrepl_config.render_dropin"](cfg, srv["name"])
+    current = _read(srv["config_file"])
+    plan = {"file": None, "live": {}, "restart": [], "running": True}
+    if current != text:
+        plan["file"] = "missing" if current is None else "differs"
+    try:
+        conn = _connect(srv, connect_timeout=5)
+    except CommandExecutionError as exc:
+        plan["running"] = False
+        plan["error"] = str(exc)
+        return plan
+    names = [k for k, _ in desired]
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        live = _variables(conn, names + ["log_bin_basename", "relay_log_basename"])
+        ro_stmt = _sql("variable_is_read_only")(version, names)
+        static = set()
+        if ro_stmt:
+            static = {r["name"].lower() for r in _run(conn, ro_stmt) if r["read_only"] == "YES"}
+        else:
+            static = {"log_bin", "log_slave_updates", "relay_log", "relay_log_recovery",
+                      "report_host", "report_port", "ssl_ca", "ssl_cert", "ssl_key", "bind_address"}
+    for key, want in desired:
+        if key in ("read_only",):
+            continue  # managed at runtime by role (mysqlrepl.master / mysqlrepl.replica)
+        have = live.get(key)
+        if key == "log_bin":
+            ok = have == "ON" and os.path.basename(live.get("log_bin_basename") or "") == want
+        elif key == "relay_log":
+            ok = os.path.basename(live.get("relay_log_basename") or live.get("relay_log") or "") == want
+        elif key not in live:
+            ok = False
+        else:
+            ok = _live_value(key, have) == _live_value(key, want)
+        if not ok:
+            plan["live"][key] = [have, want]
+            if key in static:
+                plan["restart"].append(key)
+    return plan
+
+
+def config_apply(server=None, test=False):
+    """
+    Write the config drop-in, set dynamic variables live and restart the server
+    when a static one differs and pillar allows it (``restart_allowed``).
+    Returns ``{"changes": {...}, "comment": str, "result": bool}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.config_apply test=True
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    plan = _config_plan(cfg, srv)
+    changes = {}
+    notes = []
+    if plan["file"]:
+        changes["config_file"] = f"{srv['config_file']} {plan['file']}"
+    if not plan["running"]:
+        return {"result": False, "changes": {},
+                "comment": f"server {srv['name']} is not reachable: {plan.get('error')}"}
+    restart = bool(plan["restart"])
+    live_set = {k: v for k, v in plan["live"].items() if k not in plan["restart"]}
+    for key, (have, want) in live_set.items():
+        changes[f"variable {key}"] = {"old": have, "new": want}
+    if restart:
+        changes["restart"] = f"needed for {', '.join(sorted(plan['restart']))}"
+        if not srv["restart_allowed"]:
+            return {"result": False, "changes": {},
+                    "comment": (f"server {srv['name']} needs a restart for "
+                                f"{', '.join(sorted(plan['restart']))} but restart_allowed is false "
+                                f"in pillar (mysqlrepl:restart_allowed or "
+                                f"mysqlrepl:servers:{srv['name']}:restart_allowed); nothing changed")}
+    if test:
+        return {"result": None if changes else True, "changes": changes,
+                "comment": "would apply" if changes else "server settings are as pillar says"}
+    if plan["file"]:
+        uid, gid = _owner_ids(srv)
+        _write_file(srv["config_file"], __utils__["mysqlrepl_config.render_dropin"](cfg, srv["name"]),
+                    mode=0o644)
+    if live_set:
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            for key, (_have, want) in live_set.items():
+                _run(conn, _sql("set_global")(key, _set_value(want)))
+    if restart:
+        _restart(srv)
+        notes.append("restarted")
+        after = _config_plan(cfg, srv)
+        if after["restart"] or after["live"]:
+            return {"result": False, "changes": changes,
+                    "comment": f"after restart still different: {after['live']}"}
+    if any(k in ("ssl_ca", "ssl_cert", "ssl_key") for k in plan["live"]) or restart:
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            have_ssl = _variables(conn, ["have_ssl"]).get("have_ssl")
+        if have_ssl != "YES":
+            return {"result": False, "changes": changes,
+                    "comment": f"TLS is not active on {srv['name']} (have_ssl={have_ssl}); "
+                               "check the server's error log for the certificate files"}
+    return {"result": True, "changes": changes,
+            "comment": ("; ".join(notes) or "applied") if changes else "server settings are as pillar says"}
+
+
+def _set_value(want):
+    if want in ("ON", "OFF"):
+        return 1 if want == "ON" else 0
+    if want.isdigit():
+        return int(want)
+    return want
+
+
+def _restart(srv):
+    """Restart through the minion's service provider and wait until it answers."""
+    if not __salt__["service.restart"](srv["service"]):
+        raise CommandExecutionError(f"service.restart {srv['service']} failed for server {srv['name']}")
+    _wait_up(srv)
+
+
+def _wait_up(srv, timeout=60):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            conn = _connect(srv, connect_timeout=3)
+            conn.close()
+            return
+        except CommandExecutionError as exc:
+            last = exc
+            time.sleep(0.2)
+    raise CommandExecutionError(f"server {srv['name']} did not come back within {timeout}s: {last}")
+
+
+# ---------------------------------------------------------------------------
+# accounts
+# ---------------------------------------------------------------------------
+
+def _want_subject(cfg):
+    """(subject, issuer) the replication account requires in ``subject`` mode."""
+    if cfg["replication"]["require"] != "subject":
+        return None, None
+    any_srv = next(iter(cfg["servers"].values()))
+    cert = any_srv["certs"][-1]
+    return _u("mysqlrepl_tls.subject_string")(cert["cn"], cert["subject"]), None
+
+
+def users_check(server=None):
+    """
+    Compare the replication account (and anonymous accounts) with pillar.
+    Returns a dict of differences; empty when nothing would change.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.users_check
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        return _users_plan(cfg, conn)
+
+
+def _users_plan(cfg, conn):
+    repl = cfg["replication"]
+    version = _version(conn)
+    plan = {}
+    row = _one(conn, _sql("select_account")(repl["user"], repl["host"]))
+    want_type = _sql("expected_ssl_type")(repl["require"])
+    subject, _issuer = _want_subject(cfg)
+    if row is None:
+        plan["account"] = f"create {repl['user']}@{repl['host']} ({want_type})"
+    else:
+        if row["ssl_type"] != want_type or (subject and row["x509_subject"] != subject):
+            plan["require"] = {"old": row["ssl_type"] or "NONE", "new": want_type}
+        if version.is_mariadb and row["auth"] != _sql("native_password_hash")(repl["password"]):
+            plan["password"] = "differs (not shown)"
+        grants = " ".join(next(iter(r.values())) for r in _run(conn, _sql("show_grants")(repl["user"], repl["host"])))
+        if "REPLICATION SLAVE" not in grants.upper() and "REPLICATION REPLICA" not in grants.upper():
+            plan["grant"] = "REPLICATION SLAVE missing"
+    anonymous = _run(conn, _sql("SELECT_ANONYMOUS"))
+    if anonymous:
+        plan["anonymous"] = [f"''@{r['host']}" for r in anonymous]
+    return plan
+
+
+def users_apply(server=None, test=False):
+    """
+    Create or fix the replication account on this server (every server: any of
+    them may become master) and drop anonymous accounts. Runs with
+    ``sql_log_bin=0``: accounts are per server, never replicated, and no local
+    GTID is minted. The password goes as a client-side hash.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.users_apply
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    repl = cfg["replication"]
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        plan = _users_plan(cfg, conn)
+        if test or not plan:
+            return plan
+        version = _version(conn)
+        _run(conn, _sql("SESSION_NO_BINLOG"))
+        _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
+        if any(k in plan for k in ("account", "require", "password", "grant")):
+            subject, issuer = _want_subject(cfg)
+            for stmt in _sql("create_replication_user")(version, repl["user"], repl["host"],
+                                                       repl["password"], repl["require"],
+                                                       subject=subject, issuer=issuer):
+                _run(conn, stmt)
+        for row in _run(conn, _sql("SELECT_ANONYMOUS")):
+            _run(conn, _sql("drop_user")("", row["host"]))
+    return plan
+
+
+# ---------------------------------------------------------------------------
+# replication
+# ---------------------------------------------------------------------------
+
+def _replica_status(conn, version=None):
+    version = version or _version(conn)
+    row = _one(conn, _sql("show_replica_status")(version))
+    return _sql("normalize_replica_status")(version, row)
+
+
+def status(server=None):
+    """
+    Replication status of a server: version, read_only, GTID positions, TLS,
+    replica threads and errors, and (on a master) the cipher of every Binlog
+    Dump thread.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.status
+    """
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        variables = _variables(conn, ["read_only", "have_ssl", "server_id", "log_bin",
+                                      "log_slave_updates", "gtid_domain_id"])
+        gtid = _one(conn, _sql("GTID_STATE"))
+        replica = _replica_status(conn, version)
+        dumps = []
+        try:
+            dumps = _run(conn, _sql("BINLOG_DUMP_CIPHERS"))
+        except CommandExecutionError:
+            pass
+    return {
+        "server": srv["name"],
+        "version": list(version),
+        "variables": variables,
+        "gtid": gtid,
+        "replica": replica,
+        "binlog_dumps": dumps,
+    }
+
+
+def gtid_position(server=None):
+    """
+    ``@@gtid_binlog_pos`` of a server.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db1*' mysqlrepl.gtid_position
+    """
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        return _one(conn, _sql("GTID_BINLOG_POS"))["pos"]
+
+
+def wait_for_gtid(pos, server=None, timeout=60):
+    """
+    Wait until the replica has applied GTID position ``pos`` (MASTER_GTID_WAIT).
+    Raises with the replication error when the replica stops or times out.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.wait_for_gtid 0-11-42 timeout=30
+    """
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        started = time.monotonic()
+        res = _one(conn, _sql("master_gtid_wait")(pos, timeout))["result"]
+        if int(res) != 0:
+            rs = _replica_status(conn) or {}
+            raise CommandExecutionError(
+                f"{srv['name']} did not reach {pos} within {timeout}s; "
+                f"IO: {rs.get('io_running')} {rs.get('last_io_error')!s}; "
+                f"SQL: {rs.get('sql_running')} {rs.get('last_sql_error')!s}"
+            )
+        return {"server": srv["name"], "pos": pos, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _desired_link(cfg, srv):
+    master = cfg["servers"][cfg["master"]]
+    files = srv["tls_files"]
+    return {
+        "host": master["address"],
+        "port": master["port"],
+        "user": cfg["replication"]["user"],
+        "ssl_ca": files["ca"],
+        "ssl_cert": srv["replication_cert"]["cert"],
+        "ssl_key": srv["replication_cert"]["key"],
+        "ssl_verify_server_cert": "Yes" if cfg["tls"]["verify_server_cert"] else "No",
+        "using_gtid": "Slave_Pos",
+        "connect_retry": cfg["replication"]["connect_retry"],
+    }
+
+
+def _link_diff(want, have):
+    diff = {}
+    for key, value in want.items():
+        if str(have.get(key)) != str(value):
+            diff[key] = {"old": have.get(key), "new": value}
+    if have.get("ssl_allowed") != "Yes":
+        diff["ssl"] = {"old": have.get("ssl_allowed"), "new": "Yes"}
+    return diff
+
+
+def _topology_conflict(cfg, srv, rs, variables):
+    """Refuse when the live topology is not the one pillar describes."""
+    master = cfg["servers"][cfg["master"]]
+    if srv["name"] == cfg["master"]:
+        if rs is not None:
+            return (f"pillar says {srv['name']} is the master, but it replicates from "
+                    f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
+                    "refusing to repoint anything (fix mysqlrepl:master or the servers)")
+        return None
+    if rs is not None and (rs["host"], rs["port"]) != (master["address"], master["port"]):
+        known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
+        who = known.get((rs["host"], rs["port"]), "a server outside the topology")
+        return (f"{srv['name']} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
+                f"master is {master['name']} ({master['address']}:{master['port']}): the topology was "
+                "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
+                "switch was intended)")
+    return None
+
+
+def replication_check(server=None):
+    """
+    What ``replication_apply`` would change on this server. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.replication_check
+    """
+    return replication_apply(server, test=True)
+
+
+def replication_apply(server=None, test=False):
+    """
+    Make the server's replication role match pillar.
+
+    * The master of record: not replicating from anyone, writable at runtime
+      (``read_only`` stays ON in its config file so a restart comes back
+      read-only).
+    * A replica: read-only, replicating from the master with MASTER_SSL=1, the
+      topology CA, its own certificate, MASTER_SSL_VERIFY_SERVER_CERT and GTID;
+      only what differs is changed; waits until both threads run. A replica with
+      no replication configured and no GTID position was never seeded: it is
+      not touched (seed it with ``salt-run mysqlrepl.seed``).
+
+    When the live topology differs from pillar it refuses and says why.
+    Returns ``{"result", "changes", "comment"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db2*' mysqlrepl.replication_apply test=True
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        variables = _variables(conn, ["read_only", "gtid_slave_pos", "have_ssl"])
+        rs = _replica_status(conn, version)
+        conflict = _topology_conflict(cfg, srv, rs, variables)
+        if conflict:
+            return {"result": False, "changes": {}, "comment": conflict}
+        if srv["name"] == cfg["master"]:
+            if variables["read_only"] == "OFF":
+                return {"result": True, "changes": {}, "comment": f"{srv['name']} is the writable master"}
+            changes = {"read_only": {"old": "ON", "new": "OFF"}}
+            if test:
+                return {"result": None, "changes": changes,
+                        "comment": f"{srv['name']} (master of record) would be made writable"}
+            _run(conn, _sql("set_read_only")(False))
+            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable"}
+        # replica
+        changes = {}
+        if variables["read_only"] != "ON":
+            changes["read_only"] = {"old": variables["read_only"], "new": "ON"}
+        want = _desired_link(cfg, srv)
+        if rs is None:
+            if not variables.get("gtid_slave_pos"):
+                return {"result": False, "changes": {},
+                        "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
+                                    f"run salt-run state.orchestrate mysqlrepl.orch.setup "
+                                    f"(or salt-run mysqlrepl.seed replica={srv['name']}); nothing changed")}
+            diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} TLS verified, GTID"}}
+        else:
+            diff = _link_diff(want, rs)
+        hb = None
+        if rs is not None:
+            hb_row = _run(conn, ("SHOW GLOBAL STATUS LIKE 'Slave_heartbeat_period'", None))
+            hb = float(hb_row[0]["Value"]) if hb_row else None
+            if hb is not None and abs(hb - float(cfg["replication"]["heartbeat_period"])) > 0.001:
+                diff["heartbeat_period"] = {"old": hb, "new": cfg["replication"]["heartbeat_period"]}
+        if rs is not None and rs["last_io_errno"] == 1045:
+            diff["password"] = "IO thread refused (1045): re-sending credentials (not shown)"
+        changes.update(diff)
+        threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
+        if not diff and not threads_ok:
+            changes["threads"] = {"old": f"IO {rs['io_running']}, SQL {rs['sql_running']}",
+                                  "new": "IO Yes, SQL Yes"}
+        if test:
+            return {"result": None if changes else True, "changes": changes,
+                    "comment": "would apply" if changes else f"{srv['name']} replicates as pillar says"}
+        if "read_only" in changes:
+            _run(conn, _sql("set_read_only")(True))
+        if diff:
+            _run(conn, _sql("stop_replica")(version))
+            _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
+            _run(conn, _sql("change_master")(
+                version, want["host"], want["port"], want["user"], cfg["replication"]["password"],
+                want["ssl_ca"], want["ssl_cert"], want["ssl_key"],
+                verify_server_cert=cfg["tls"]["verify_server_cert"],
+                connect_retry=cfg["replication"]["connect_retry"],
+                heartbeat_period=cfg["replication"]["heartbeat_period"],
+            ))
+        if diff or not threads_ok:
+            _run(conn, _sql("start_replica")(version))
+            ok, rs = _wait_threads(conn, version, cfg["replication"]["wait_timeout"])
+            if not ok:
+                return {"result": False, "changes": changes,
+                        "comment": (f"{srv['name']}: replication threads not running after "
+                                    f"{cfg['replication']['wait_timeout']}s: IO {rs['io_running']} "
+                                    f"{rs['last_io_errno']} {rs['last_io_error']}; SQL {rs['sql_running']} "
+                                    f"{rs['last_sql_errno']} {rs['last_sql_error']}")}
+        return {"result": True, "changes": changes,
+                "comment": "applied" if changes else f"{srv['name']} replicates as pillar says"}
+
+
+def _wait_threads(conn, version, timeout):
+    started = time.monotonic()
+    deadline = started + timeout
+    rs = None
+    while True:
+        rs = _replica_status(conn, version)
+        if rs and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes":
+            return True, rs
+        # a hard error will not heal by waiting: a stopped SQL thread, or an IO
+        # thread still failing (TLS verification, access denied) after a few tries
+        if rs and (rs["last_sql_errno"] or (rs["io_running"] == "No" and rs["last_io_errno"])):
+            return False, rs
+        if rs and rs["last_io_errno"] and time.monotonic() - started > 5:
+            return False, rs
+        if time.monotonic() > deadline:
+            return False, rs or {}
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------
+# seeding a replica (mariadb-backup stream over verified TLS)
+# ---------------------------------------------------------------------------
+
+def _require_tls_files(srv, what):
+    missing = [p for p in (srv["tls_files"]["ca"], srv["tls_files"]["cert"], srv["tls_files"]["key"])
+               if not os.path.exists(p)]
+    if missing:
+        raise CommandExecutionError(
+            f"{srv['name']} cannot {what}: TLS files missing ({', '.join(missing)}); "
+            "apply mysqlrepl.tls first"
+        )
+
+
+def seed_send(to, server=None, port=None, timeout=None):
+    """
+    On the master's minion: stream a consistent physical backup of the master
+    (mariadb-backup, BACKUP STAGE locks of milliseconds, no FLUSH TABLES WITH
+    READ LOCK for the copy) to replica ``to``, which must be waiting in
+    ``seed_receive``. The TLS connection is verified both ways with the topology
+    CA. Normally run by ``salt-run mysqlrepl.seed``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.seed_send to=db2
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    if srv["name"] != cfg["master"]:
+        raise CommandExecutionError(f"{srv['name']} is not the master of record ({cfg['master']})")
+    target = _server(to, local=False)
+    _require_tls_files(srv, "send a seed")
+    port = int(port or cfg["seed"]["port"])
+    timeout = int(timeout or cfg["seed"]["timeout"])
+
+    def progress(nbytes):
+        _fire(f"seed/{target['name']}/send", {"bytes": nbytes, "server": srv["name"]})
+
+    with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
+        result = _u("mysqlrepl_stream.send_backup")(
+            target["address"], port, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
+            srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
+            datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
+        )
+    return result
+
+
+def seed_receive(server=None, port=None, timeout=None, force=False):
+    """
+    On a replica's minion: receive a backup streamed by the master's minion
+    (``seed_send``), prepare it, swap it in as the datadir, start the server and
+    point it at the master from exactly the backup's GTID position, over
+    verified TLS. The old datadir is kept until the new one runs, and put back
+    if anything fails. A replica that already replicates from the master is
+    left alone unless ``force=True``.
+
+    The replica's own ``mysql.*`` accounts are replaced by the master's (a
+    physical copy): mysqlrepl creates the same accounts on every server, so
+    nothing is lost. Non-transactional tables (Aria, MyISAM) are copied under
+    mariadb-backup's BACKUP STAGE locks, so they are consistent with InnoDB.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db2 mysqlrepl.seed_receive
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    if srv["name"] == cfg["master"]:
+        raise CommandExecutionError(f"{srv['name']} is the master of record: it is not seeded")
+    master = cfg["servers"][cfg["master"]]
+    _require_tls_files(srv, "receive a seed")
+    port = int(port or cfg["seed"]["port"])
+    timeout = int(timeout or cfg["seed"]["timeout"])
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        rs = _replica_status(conn)
+    if rs is not None and not force:
+        conflict = _topology_conflict(cfg, srv, rs, {})
+        if conflict:
+            raise CommandExecutionError(conflict)
+        return {"server": srv["name"], "seeded": False,
+                "comment": f"{srv['name']} already replicates from {rs['host']}:{rs['port']}; "
+                           "use force=True to re-seed"}
+    datadir = srv["datadir"].rstrip("/")
+    parent = os.path.dirname(datadir)
+    incoming = os.path.join(parent, f".{os.path.basename(datadir)}.mysqlrepl-incoming")
+    previous = os.path.join(parent, f".{os.path.basename(datadir)}.mysqlrepl-previous")
+    for path in (incoming, previous):
+        if os.path.exists(path):
+            shutil.rmtree(path)
+    uid, gid = _owner_ids(srv)
+    os.makedirs(incoming, mode=0o700)
+    os.chown(incoming, uid, gid)
+    timings = {}
+    started = time.monotonic()
+
+    def progress(nbytes):
+        _fire(f"seed/{srv['name']}/receive", {"bytes": nbytes, "server": srv["name"]})
+
+    def ready():
+        _fire(f"seed/{srv['name']}/ready", {"port": port, "server": srv["name"]})
+
+    try:
+        received = _u("mysqlrepl_stream.receive_backup")(
+            srv["address"], port, incoming, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
+            srv["tls_files"]["key"], master["address"], timeout=timeout, progress=progress,
+            ready=ready,
+        )
+        timings["stream_s"] = round(time.monotonic() - started, 3)
+        t0 = time.monotonic()
+        _u("mysqlrepl_stream.prepare_backup")(incoming)
+        timings["prepare_s"] = round(time.monotonic() - t0, 3)
+        info = _u("mysqlrepl_stream.read_binlog_info")(incoming)
+        for root, dirs, files in os.walk(incoming):
+            for entry in dirs + files:
+                os.lchown(os.path.join(root, entry), uid, gid)
+    except Exception:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    # swap: the only window in which the replica is down
+    t0 = time.monotonic()
+    if not __salt__["service.stop"](srv["service"]):
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise CommandExecutionError(f"service.stop {srv['service']} failed; nothing changed")
+    os.rename(datadir, previous)
+    os.rename(incoming, datadir)
+    try:
+        if not __salt__["service.start"](srv["service"]):
+            raise CommandExecutionError(f"service.start {srv['service']} failed on the seeded datadir")
+        _wait_up(srv)
+    except Exception:
+        __salt__["service.stop"](srv["service"])
+        os.rename(datadir, incoming)
+        os.rename(previous, datadir)
+        __salt__["service.start"](srv["service"])
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    timings["swap_s"] = round(time.monotonic() - t0, 3)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        _run(conn, _sql("set_read_only")(True))
+        _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
+    shutil.rmtree(previous, ignore_errors=True)
+    result = replication_apply(srv["name"])
+    if not result["result"]:
+        raise CommandExecutionError(f"seeded {srv['name']} but replication did not start: {result['comment']}")
+    timings["total_s"] = round(time.monotonic() - started, 3)
+    return {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
+            "timings": timings}
+
+
+# ---------------------------------------------------------------------------
+# seed 002's manual procedure: lock / dump / unlock
+# ---------------------------------------------------------------------------
+
+_LOCK_HOLDER = r"""
+import json, sys, time, pymysql
+p = json.loads(sys.stdin.readline())
+conn = pymysql.connect(unix_socket=p["socket"], user=p["user"], password=p.get("password", ""),
+                       ssl_disabled=True, autocommit=True)
+cur = conn.cursor()
+cur.execute("SET SESSION wait_timeout = %d, SESSION interactive_timeout = %d" % (p["lease"], p["lease"]))
+cur.execute("FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK")
+cur.execute("SELECT CONNECTION_ID(), @@GLOBAL.gtid_binlog_pos")
+cid, pos = cur.fetchone()
+cur.execute("SHOW MASTER STATUS")
+row = cur.fetchone()
+sys.stdout.write(json.dumps({"conn_id": cid, "gtid": pos, "file": row and row[0], "position": row and row[1]}) + "\n")
+sys.stdout.flush()
+sys.stdout.close()
+# hold the session idle: the server drops it (and the lock) after wait_timeout
+time.sleep(p["lease"] + 30)
+"""
+
+
+def _lease_path(srv):
+    return os.path.join(__opts__["cachedir"], "mysqlrepl", f"lock-{srv['name']}.json")
+
+
+def lock(server=None, lease=300):
+    """
+    Seed 002's "lock the databases": FLUSH TABLES WITH READ LOCK held by a
+    session that outlives this call. The server releases it by itself after
+    ``lease`` seconds (the holder's ``wait_timeout``) if nobody runs
+    ``mysqlrepl.unlock``. Returns the binlog file/position and GTID at lock time.
+
+    Prefer the formula's seeding (``salt-run mysqlrepl.seed``), which never
+    blocks writes for the length of a copy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.lock lease=600
+    """
+    srv = _server(server)
+    lease = int(lease)
+    if lease < 5:
+        raise SaltInvocationError("lease must be at least 5 seconds")
+    path = _lease_path(srv)
+    current = _lease_info(srv)
+    if current:
+        raise CommandExecutionError(f"{srv['name']} is already locked by mysqlrepl (connection "
+                                    f"{current['conn_id']}, expires {current['expires']:.0f})")
+    params = _u("mysqlrepl_db.local_params")(srv, __opts__)
+    params = {"socket": params["unix_socket"], "user": params["user"],
+              "password": params.get("password", ""), "lease": lease}
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, "-c", _LOCK_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+    )
+    proc.stdin.write((json.dumps(params) + "\n").encode())
+    proc.stdin.close()
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        proc.wait(5)
+        raise CommandExecutionError(f"could not lock {srv['name']}: {err[-1] if err else 'no output'}")
+    info = json.loads(line)
+    info.update({"pid": proc.pid, "server": srv["name"], "lease": lease,
+                 "expires": time.time() + lease})
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    _write_file(path, json.dumps(info), mode=0o600)
+    return info
+
+
+def _lease_info(srv):
+    """The current lock lease, or None when expired / released."""
+    data = _read(_lease_path(srv))
+    if not data:
+        return None
+    info = json.loads(data)
+    try:
+        conn = _connect(srv)
+    except CommandExecutionError:
+        return info
+    with _u("mysqlrepl_db.closing")(conn):
+        row = _one(conn, _sql("processlist_by_id")(info["conn_id"]))
+    if row is None:
+        os.unlink(_lease_path(srv))
+        return None
+    return info
+
+
+def unlock(server=None):
+    """
+    Release the lock taken by ``mysqlrepl.lock`` (kills its session; the server
+    drops the read lock at once).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.unlock
+    """
+    srv = _server(server)
+    info = _lease_info(srv)
+    if not info:
+        return {"server": srv["name"], "unlocked": False, "comment": "no mysqlrepl lock is held"}
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        _run(conn, _sql("kill_connection")(info["conn_id"]))
+    try:
+        os.kill(info["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    os.unlink(_lease_path(srv))
+    return {"server": srv["name"], "unlocked": True, "held_s": round(time.time() - info["expires"] + info["lease"], 3)}
+
+
+def dump(path, server=None, databases=None):
+    """
+    Seed 002's "dump the databases": mariadb-dump of a server to ``path``
+    (0600) with the GTID position (``--master-data=1 --gtid``) in a single
+    consistent transaction. Credentials go through a private option file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.dump /var/backups/db1.sql databases='[app, wiki]'
+    """
+    srv = _server(server)
+    if isinstance(databases, str):
+        databases = [d.strip() for d in databases.split(",") if d.strip()]
+    argv_tail = ["--single-transaction", "--master-data=1", "--gtid", "--routines", "--events",
+                 "--triggers", "--hex-blob"]
+    argv_tail += ["--databases", *databases] if databases else ["--all-databases"]
+    started = time.monotonic()
+    with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            proc = subprocess.run(
+                ["mariadb-dump", f"--defaults-extra-file={optfile}", *argv_tail],
+                stdout=out, stderr=subprocess.PIPE, check=False,
+            )
+    if proc.returncode != 0:
+        raise CommandExecutionError(f"mariadb-dump failed: {proc.stderr.decode(errors='replace').strip()}")
+    return {"path": path, "bytes": os.path.getsize(path), "seconds": round(time.monotonic() - started, 3)}

@@ -1,0 +1,430 @@
+"""
+Validation and normalisation of the ``mysqlrepl`` pillar tree.
+
+:func:`load` takes the raw pillar value and returns a new, complete dict
+(defaults filled in, server ids derived) or raises
+``salt.exceptions.SaltInvocationError`` whose message starts with the full key
+path that is wrong (``mysqlrepl:servers:db2:port: ...``). The whole tree is
+checked before anything is changed anywhere.
+
+Pure Python: unit tests import it directly; Salt reaches it as
+``__utils__["mysqlrepl_config.load"]``.
+"""
+
+import copy
+import ipaddress
+import posixpath
+import re
+import zlib
+
+try:
+    from salt.exceptions import SaltInvocationError
+except ImportError:  # pragma: no cover - only without Salt installed
+    class SaltInvocationError(Exception):
+        pass
+
+ROOT = "mysqlrepl"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REQUIRE_MODES = ("ssl", "x509", "subject")
+SEED_METHODS = ("backup",)
+
+# Per-server defaults for Debian-family hosts; pillar ``mysqlrepl:server_defaults``
+# overrides them for every server, ``mysqlrepl:servers:<name>`` for one.
+SERVER_DEFAULTS = {
+    "port": 3306,
+    "gtid_domain_id": 0,
+    "san": [],
+    "datadir": "/var/lib/mysql",
+    "socket": "/run/mysqld/mysqld.sock",
+    "config_file": "/etc/mysql/mariadb.conf.d/60-mysqlrepl.cnf",
+    "config_section": "mysqld",
+    "tls_dir": "/etc/mysql/mysqlrepl",
+    "service": "mariadb",
+    "os_user": "mysql",
+    "bind_address": None,
+    "connection": {},
+    "settings": {},
+}
+
+DEFAULTS = {
+    "topology": "main",
+    "restart_allowed": False,
+    "ca": {
+        "ca_name": "mysql",
+        "cacert_path": "/etc/pki",
+        "days": 3650,
+        "bits": 4096,
+        "digest": "sha256",
+        "CN": None,
+        "C": None, "ST": None, "L": None, "O": None, "OU": None, "emailAddress": None,
+    },
+    "tls": {
+        "cert_days": 365,
+        "renew_days": 30,
+        "bits": 2048,
+        "verify_server_cert": True,
+        "subject": {},
+    },
+    "replication": {
+        "user": "repl",
+        "host": "%",
+        "require": "ssl",
+        "subject": None,
+        "connect_retry": 5,
+        "heartbeat_period": 2,
+        "wait_timeout": 60,
+    },
+    "seed": {
+        "method": "backup",
+        "port": 4444,
+        "timeout": 7200,
+    },
+    "server_defaults": {},
+}
+
+# key -> (type or tuple of types, required?)
+_TOP = {
+    "topology": (str, False), "master": (str, True), "restart_allowed": (bool, False),
+    "ca": (dict, True), "tls": (dict, False), "replication": (dict, True),
+    "seed": (dict, False), "servers": (dict, True), "server_defaults": (dict, False),
+    # consumed by map.jinja / SLS only
+    "lookup": (dict, False), "manage_packages": (bool, False),
+}
+_CA = {
+    "minion": (str, True), "ca_name": (str, False), "cacert_path": (str, False),
+    "days": (int, False), "bits": (int, False), "digest": (str, False), "CN": (str, False),
+    "C": (str, False), "ST": (str, False), "L": (str, False), "O": (str, False),
+    "OU": (str, False), "emailAddress": (str, False),
+}
+_TLS = {
+    "cert_days": (int, False), "renew_days": (int, False), "bits": (int, False),
+    "verify_server_cert": (bool, False), "subject": (dict, False),
+}
+_SUBJECT_FIELDS = ("C", "ST", "L", "O", "OU", "emailAddress")
+_REPLICATION = {
+    "user": (str, False), "password": (str, True), "host": (str, False),
+    "require": (str, False), "subject": (str, False), "connect_retry": (int, False),
+    "heartbeat_period": ((int, float), False), "wait_timeout": (int, False),
+}
+_SEED = {"method": (str, False), "port": (int, False), "timeout": (int, False)}
+_SERVER = {
+    "minion": (str, False), "address": (str, True), "port": (int, False),
+    "server_id": (int, False), "gtid_domain_id": (int, False), "san": (list, False),
+    "datadir": (str, False), "socket": (str, False), "config_file": (str, False),
+    "config_section": (str, False), "tls_dir": (str, False), "service": (str, False),
+    "os_user": (str, False), "bind_address": (str, False), "restart_allowed": (bool, False),
+    "connection": (dict, False), "settings": (dict, False),
+}
+_CONNECTION = {
+    "default_file": (str, False), "unix_socket": (str, False), "user": (str, False),
+    "password": (str, False),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "a mapping",
+               list: "a list", float: "a number"}
+
+
+def _fail(path, message):
+    raise SaltInvocationError(f"{':'.join(path)}: {message}")
+
+
+def _type_name(types):
+    if isinstance(types, tuple):
+        return " or ".join(_TYPE_NAMES[t] for t in types)
+    return _TYPE_NAMES[types]
+
+
+def _check(section, schema, path):
+    """Check keys and types of one mapping; unknown keys are errors (typos matter)."""
+    if not isinstance(section, dict):
+        _fail(path, f"must be a mapping, got {type(section).__name__}")
+    for key in section:
+        if key not in schema:
+            _fail(path + [str(key)], f"unknown key (allowed: {', '.join(sorted(schema))})")
+    for key, (types, required) in schema.items():
+        if key not in section or section[key] is None:
+            if required:
+                _fail(path + [key], "missing required key")
+            continue
+        value = section[key]
+        # bool is an int subclass: never accept it where a number is asked for
+        if isinstance(value, bool) and types is not bool and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
+            _fail(path + [key], f"must be {_type_name(types)}, got {value!r}")
+        if not isinstance(value, types):
+            _fail(path + [key], f"must be {_type_name(types)}, got {type(value).__name__}")
+
+
+def _merge(base, override):
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is not None:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def derive_server_id(topology, name):
+    """Stable server_id from the topology and server name (never a list index)."""
+    return zlib.crc32(f"{topology}/{name}".encode()) % 4294967294 + 1
+
+
+_CANONICAL_ORDER = ("C", "ST", "L", "O", "OU", "CN", "emailAddress")
+
+
+def parse_subject(text, path):
+    """
+    ``/O=W3C/OU=Docs/CN=repl`` -> ``(CN, {field: value})``. Fields must come in
+    the order certificates carry them (C, ST, L, O, OU, CN, emailAddress), so the
+    string is exactly what MariaDB compares in REQUIRE SUBJECT.
+    """
+    if not isinstance(text, str) or not text.startswith("/"):
+        _fail(path, "must look like /O=Org/OU=Unit/CN=name")
+    fields = []
+    for part in text[1:].split("/"):
+        key, sep, value = part.partition("=")
+        if not sep or key not in _CANONICAL_ORDER or not value:
+            _fail(path, f"cannot parse {part!r} (fields: {', '.join(_CANONICAL_ORDER)})")
+        fields.append((key, value))
+    keys = [k for k, _ in fields]
+    if len(set(keys)) != len(keys):
+        _fail(path, "a field is repeated")
+    if keys != sorted(keys, key=_CANONICAL_ORDER.index):
+        _fail(path, f"fields must come in the order {'/'.join(_CANONICAL_ORDER)}")
+    values = dict(fields)
+    if "CN" not in values:
+        _fail(path, "needs a CN")
+    cn = values.pop("CN")
+    return cn, values
+
+
+def _certificates(cfg, srv):
+    """
+    The certificates a server needs, each with its files. ``server``: CN = server
+    name, SAN = its address (+ ``san``), serverAuth+clientAuth (a replica presents
+    it to its master). With ``require: subject`` a second, client-only certificate
+    carries the exact subject the replication account requires.
+    """
+    tls_dir = srv["tls_dir"]
+    certs = [{
+        "id": "server",
+        "cn": srv["name"],
+        "subject": {k: v for k, v in cfg["tls"]["subject"].items() if v},
+        "san": srv["cert_names"],
+        "usage": "server_client",
+        "key": posixpath.join(tls_dir, "server.key"),
+        "csr": posixpath.join(tls_dir, "server.csr"),
+        "cert": posixpath.join(tls_dir, "server.crt"),
+    }]
+    if cfg["replication"]["require"] == "subject":
+        cn, subject = parse_subject(cfg["replication"]["subject"], [ROOT, "replication", "subject"])
+        certs.append({
+            "id": "client",
+            "cn": cn,
+            "subject": subject,
+            "san": [],
+            "usage": "client",
+            "key": posixpath.join(tls_dir, "client.key"),
+            "csr": posixpath.join(tls_dir, "client.csr"),
+            "cert": posixpath.join(tls_dir, "client.crt"),
+        })
+    return certs
+
+
+def _is_ip(value):
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def load(raw, minion_id=None):
+    """
+    Validate ``raw`` (the pillar value of ``mysqlrepl``) and return the
+    normalised topology. ``minion_id`` only adds ``local_servers``: the names of
+    servers that minion owns.
+    """
+    path = [ROOT]
+    if raw is None or raw == {}:
+        _fail(path, "missing: no mysqlrepl pillar for this minion")
+    _check(raw, _TOP, path)
+    _check(raw["ca"], _CA, path + ["ca"])
+    _check(raw.get("tls") or {}, _TLS, path + ["tls"])
+    _check((raw.get("tls") or {}).get("subject") or {},
+           {k: (str, False) for k in _SUBJECT_FIELDS}, path + ["tls", "subject"])
+    _check(raw["replication"], _REPLICATION, path + ["replication"])
+    _check(raw.get("seed") or {}, _SEED, path + ["seed"])
+    _check(raw.get("server_defaults") or {},
+           {k: v for k, v in _SERVER.items() if k not in ("address", "server_id", "minion")},
+           path + ["server_defaults"])
+
+    cfg = _merge(DEFAULTS, {k: v for k, v in raw.items() if k != "servers"})
+    if not NAME_RE.match(cfg["topology"]):
+        _fail(path + ["topology"], f"invalid name {cfg['topology']!r}")
+
+    repl = cfg["replication"]
+    if not repl["password"]:
+        _fail(path + ["replication", "password"], "must not be empty")
+    if repl["require"] not in REQUIRE_MODES:
+        _fail(path + ["replication", "require"],
+              f"must be one of {', '.join(REQUIRE_MODES)}, got {repl['require']!r}")
+    if repl["require"] == "subject" and not repl.get("subject"):
+        _fail(path + ["replication", "subject"],
+              "missing: require=subject needs the certificate subject the account accepts")
+    for key in ("connect_retry", "wait_timeout"):
+        if repl[key] < 1:
+            _fail(path + ["replication", key], "must be at least 1")
+    if cfg["seed"]["method"] not in SEED_METHODS:
+        _fail(path + ["seed", "method"], f"must be one of {', '.join(SEED_METHODS)}")
+    if not 1 <= cfg["seed"]["port"] <= 65535:
+        _fail(path + ["seed", "port"], "must be a TCP port (1-65535)")
+    tls = cfg["tls"]
+    if tls["renew_days"] >= tls["cert_days"]:
+        _fail(path + ["tls", "renew_days"], "must be smaller than tls:cert_days")
+    if cfg["ca"]["bits"] < 2048 or tls["bits"] < 2048:
+        _fail(path + ["tls", "bits"], "RSA keys shorter than 2048 bits are refused")
+
+    servers_raw = raw["servers"]
+    if not servers_raw:
+        _fail(path + ["servers"], "must name at least one server")
+    defaults = _merge(SERVER_DEFAULTS, cfg["server_defaults"])
+    servers = {}
+    seen_ids = {}
+    seen_endpoints = {}
+    for name, server in servers_raw.items():
+        spath = path + ["servers", str(name)]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            _fail(spath, "invalid server name")
+        _check(server, _SERVER, spath)
+        _check(server.get("connection") or {}, _CONNECTION, spath + ["connection"])
+        srv = _merge(defaults, server)
+        srv["name"] = name
+        srv.setdefault("minion", name)
+        srv["minion"] = srv.get("minion") or name
+        if srv.get("restart_allowed") is None:
+            srv["restart_allowed"] = cfg["restart_allowed"]
+        if not 1 <= srv["port"] <= 65535:
+            _fail(spath + ["port"], "must be a TCP port (1-65535)")
+        if "server_id" in server and server["server_id"] is not None:
+            sid = server["server_id"]
+            if not 1 <= sid <= 4294967295:
+                _fail(spath + ["server_id"], "must be between 1 and 4294967295")
+        else:
+            sid = derive_server_id(cfg["topology"], name)
+        if sid in seen_ids:
+            _fail(spath + ["server_id"],
+                  f"server_id {sid} collides with server {seen_ids[sid]}")
+        seen_ids[sid] = name
+        srv["server_id"] = sid
+        if not 0 <= srv["gtid_domain_id"] <= 4294967295:
+            _fail(spath + ["gtid_domain_id"], "must be between 0 and 4294967295")
+        endpoint = (srv["address"], srv["port"])
+        if endpoint in seen_endpoints:
+            _fail(spath + ["address"],
+                  f"{srv['address']}:{srv['port']} is also server {seen_endpoints[endpoint]}")
+        seen_endpoints[endpoint] = name
+        for key in ("datadir", "socket", "config_file", "tls_dir"):
+            if not posixpath.isabs(srv[key]):
+                _fail(spath + [key], f"must be an absolute path, got {srv[key]!r}")
+        for entry in srv["san"]:
+            if not isinstance(entry, str) or not entry:
+                _fail(spath + ["san"], "entries must be non-empty strings")
+        srv["cert_names"] = [srv["address"]] + [s for s in srv["san"] if s != srv["address"]]
+        srv["address_is_ip"] = _is_ip(srv["address"])
+        srv["tls_files"] = {
+            "key": posixpath.join(srv["tls_dir"], "server.key"),
+            "csr": posixpath.join(srv["tls_dir"], "server.csr"),
+            "cert": posixpath.join(srv["tls_dir"], "server.crt"),
+            "ca": posixpath.join(srv["tls_dir"], "ca.crt"),
+        }
+        srv["certs"] = _certificates(cfg, srv)
+        # the certificate a replica presents to its master
+        client = srv["certs"][-1]
+        srv["replication_cert"] = {"cert": client["cert"], "key": client["key"]}
+        servers[name] = srv
+
+    if cfg["master"] not in servers:
+        _fail(path + ["master"], f"unknown server {cfg['master']!r} "
+                                 f"(servers: {', '.join(sorted(servers))})")
+    cfg["servers"] = servers
+    ca = cfg["ca"]
+    ca["dir"] = posixpath.join(ca["cacert_path"], ca["ca_name"])
+    ca["cert_file"] = posixpath.join(ca["dir"], f"{ca['ca_name']}_ca_cert.crt")
+    ca["key_file"] = posixpath.join(ca["dir"], f"{ca['ca_name']}_ca_cert.key")
+    if not ca.get("CN"):
+        ca["CN"] = f"mysqlrepl-{cfg['topology']}-ca"
+    cfg["local_servers"] = sorted(
+        name for name, srv in servers.items() if minion_id is not None and srv["minion"] == minion_id
+    )
+    return cfg
+
+
+def redact(cfg):
+    """A copy safe to print: passwords replaced."""
+    out = copy.deepcopy(cfg)
+    if "replication" in out and out["replication"].get("password"):
+        out["replication"]["password"] = "********"
+    for srv in (out.get("servers") or {}).values():
+        if (srv.get("connection") or {}).get("password"):
+            srv["connection"]["password"] = "********"
+    return out
+
+
+# --------------------------------------------------------------------------
+# Server settings (the config drop-in)
+# --------------------------------------------------------------------------
+
+# Settings mysqlrepl writes, in file order. ``read_only`` is ON in every file:
+# a master that restarts comes back read-only; the master is made writable at
+# runtime only, so it is not reconciled live from the file.
+RUNTIME_ONLY_MANAGED = ("read_only",)
+
+
+def desired_settings(cfg, name):
+    """Ordered list of ``(option, value)`` for server ``name``'s drop-in."""
+    srv = cfg["servers"][name]
+    files = srv["tls_files"]
+    settings = [
+        ("server_id", str(srv["server_id"])),
+        ("gtid_domain_id", str(srv["gtid_domain_id"])),
+        ("log_bin", "mysql-bin"),
+        ("log_slave_updates", "ON"),
+        ("binlog_format", "ROW"),
+        ("sync_binlog", "1"),
+        ("innodb_flush_log_at_trx_commit", "1"),
+        ("relay_log", "relay-bin"),
+        ("relay_log_recovery", "ON"),
+        ("report_host", srv["address"]),
+        ("report_port", str(srv["port"])),
+        ("read_only", "ON"),
+        ("ssl_ca", files["ca"]),
+        ("ssl_cert", files["cert"]),
+        ("ssl_key", files["key"]),
+    ]
+    if srv.get("bind_address"):
+        settings.append(("bind_address", srv["bind_address"]))
+    known = {k for k, _ in settings}
+    for key, value in sorted((srv.get("settings") or {}).items()):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", str(key)):
+            _fail([ROOT, "servers", name, "settings", str(key)], "invalid option name")
+        if key.replace("-", "_") in known:
+            _fail([ROOT, "servers", name, "settings", str(key)],
+                  "managed by mysqlrepl; set it through its own pillar key")
+        if isinstance(value, bool):
+            value = "ON" if value else "OFF"
+        settings.append((key.replace("-", "_"), str(value)))
+    return settings
+
+
+def render_dropin(cfg, name):
+    """The drop-in file text for server ``name``."""
+    srv = cfg["servers"][name]
+    lines = [
+        "# Managed by Salt (mysqlrepl): do not edit, changes are overwritten.",
+        f"# topology {cfg['topology']}, server {name}",
+        f"[{srv['config_section']}]",
+    ]
+    lines += [f"{key} = {value}" for key, value in desired_settings(cfg, name)]
+    return "\n".join(lines) + "\n"

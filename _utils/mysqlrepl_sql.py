@@ -1,0 +1,359 @@
+"""
+Every SQL statement mysqlrepl sends, in one place.
+
+Functions return ``(sql, args)`` tuples (``args`` is a tuple for PyMySQL's
+``%s`` placeholders, or ``None``), chosen from the server's flavor and version
+as returned by :func:`parse_version`. Nothing here does I/O.
+
+Identifiers are quoted with :func:`quote_ident`; values always travel as
+placeholders, except where the server grammar does not accept a placeholder
+(``CHANGE MASTER`` options are sent as escaped literals by the driver anyway,
+so they are placeholders too).
+"""
+
+import hashlib
+import re
+
+MARIADB = "mariadb"
+MYSQL = "mysql"
+
+# require modes for the replication account
+REQUIRE_MODES = ("ssl", "x509", "subject")
+
+
+class Version(tuple):
+    """``(flavor, (major, minor, patch))`` with helpers."""
+
+    @property
+    def flavor(self):
+        return self[0]
+
+    @property
+    def number(self):
+        return self[1]
+
+    @property
+    def is_mariadb(self):
+        return self[0] == MARIADB
+
+
+def parse_version(version_string):
+    """
+    Parse ``SELECT VERSION()`` output.
+
+    ``10.11.19-MariaDB-0+deb12u1`` -> ``Version(("mariadb", (10, 11, 19)))``;
+    ``8.0.36`` -> ``Version(("mysql", (8, 0, 36)))``.
+    """
+    match = re.match(r"^(\d+)\.(\d+)\.(\d+)", version_string or "")
+    if not match:
+        raise ValueError(f"cannot parse server version {version_string!r}")
+    number = tuple(int(x) for x in match.groups())
+    flavor = MARIADB if "mariadb" in version_string.lower() else MYSQL
+    if flavor == MARIADB and number[0] == 5 and number[1] == 5 and "-10." in version_string:
+        # old "5.5.5-10.x.y-MariaDB" replication-compat prefix
+        number = tuple(int(x) for x in re.search(r"-(\d+)\.(\d+)\.(\d+)", version_string).groups())
+    return Version((flavor, number))
+
+
+def quote_ident(name):
+    """Quote an identifier with backticks."""
+    return "`" + str(name).replace("`", "``") + "`"
+
+
+def quote_string(value):
+    """Quote a string literal for places that take no placeholder (account names)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def account(user, host):
+    """``'user'@'host'``"""
+    return f"{quote_string(user)}@{quote_string(host)}"
+
+
+def native_password_hash(password):
+    """
+    mysql_native_password hash, computed client-side so the clear text never
+    reaches the server (and so never its binary or general log).
+    """
+    stage1 = hashlib.sha1(password.encode("utf-8")).digest()
+    return "*" + hashlib.sha1(stage1).hexdigest().upper()
+
+
+# --------------------------------------------------------------------------
+# Server inspection
+# --------------------------------------------------------------------------
+
+SELECT_VERSION = ("SELECT VERSION() AS version", None)
+
+
+def global_variables(names):
+    """Read several global variables; rows of ``(Variable_name, Value)``."""
+    placeholders = ", ".join(["%s"] * len(names))
+    return (
+        "SELECT VARIABLE_NAME AS name, VARIABLE_VALUE AS value "
+        "FROM information_schema.GLOBAL_VARIABLES "
+        f"WHERE VARIABLE_NAME IN ({placeholders})",
+        tuple(n.upper() for n in names),
+    )
+
+
+def variable_is_read_only(version, names):
+    """MariaDB only: which variables cannot be SET GLOBAL (need a restart)."""
+    if not version.is_mariadb:
+        return None
+    placeholders = ", ".join(["%s"] * len(names))
+    return (
+        "SELECT VARIABLE_NAME AS name, READ_ONLY AS read_only "
+        "FROM information_schema.SYSTEM_VARIABLES "
+        f"WHERE VARIABLE_NAME IN ({placeholders})",
+        tuple(n.upper() for n in names),
+    )
+
+
+def set_global(name, value):
+    """``SET GLOBAL name = value`` (name is validated, value is a placeholder)."""
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        raise ValueError(f"invalid variable name {name!r}")
+    return (f"SET GLOBAL {name} = %s", (value,))
+
+
+def set_read_only(on, lock_wait_timeout=None):
+    """
+    ``SET GLOBAL read_only``; with ``lock_wait_timeout`` the global read lock it
+    takes waits at most that long (MariaDB ``SET STATEMENT ... FOR``).
+    """
+    stmt = f"SET GLOBAL read_only = {1 if on else 0}"
+    if lock_wait_timeout is not None:
+        stmt = f"SET STATEMENT lock_wait_timeout={int(lock_wait_timeout)} FOR {stmt}"
+    return (stmt, None)
+
+
+SESSION_NO_BINLOG = ("SET SESSION sql_log_bin = 0", None)
+SESSION_NO_GENERAL_LOG = ("SET SESSION sql_log_off = 1", None)
+FLUSH_SSL = ("FLUSH NO_WRITE_TO_BINLOG SSL", None)
+GTID_BINLOG_POS = ("SELECT @@GLOBAL.gtid_binlog_pos AS pos", None)
+GTID_STATE = (
+    "SELECT @@GLOBAL.gtid_binlog_pos AS binlog_pos, @@GLOBAL.gtid_binlog_state AS binlog_state, "
+    "@@GLOBAL.gtid_slave_pos AS slave_pos, @@GLOBAL.gtid_current_pos AS current_pos",
+    None,
+)
+
+
+def set_gtid_slave_pos(pos):
+    return ("SET GLOBAL gtid_slave_pos = %s", (pos,))
+
+
+def master_gtid_wait(pos, timeout):
+    """MariaDB: wait until the SQL thread has applied ``pos``; 0 = ok, -1 = timeout."""
+    return ("SELECT MASTER_GTID_WAIT(%s, %s) AS result", (pos, float(timeout)))
+
+
+def show_replica_status(version):
+    if version.is_mariadb or version.number < (8, 0, 22):
+        return ("SHOW SLAVE STATUS", None)
+    return ("SHOW REPLICA STATUS", None)
+
+
+def start_replica(version):
+    if version.is_mariadb or version.number < (8, 0, 22):
+        return ("START SLAVE", None)
+    return ("START REPLICA", None)
+
+
+def stop_replica(version):
+    if version.is_mariadb or version.number < (8, 0, 22):
+        return ("STOP SLAVE", None)
+    return ("STOP REPLICA", None)
+
+
+def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+                  verify_server_cert=True, connect_retry=5, heartbeat_period=2,
+                  use_gtid="slave_pos", demote=False):
+    """
+    Point a replica at a master over verified TLS with GTID auto-positioning.
+
+    Every MASTER_SSL_* option is always sent: ``RESET SLAVE ALL`` does not
+    forget SSL options in memory, so an omitted option would keep a stale value.
+    """
+    if version.is_mariadb:
+        opts = [
+            ("MASTER_HOST", host), ("MASTER_PORT", int(port)),
+            ("MASTER_USER", user), ("MASTER_PASSWORD", password),
+            ("MASTER_SSL", 1), ("MASTER_SSL_CA", ssl_ca),
+            ("MASTER_SSL_CAPATH", ""),
+            ("MASTER_SSL_CERT", ssl_cert), ("MASTER_SSL_KEY", ssl_key),
+            ("MASTER_SSL_CIPHER", ""), ("MASTER_SSL_CRL", ""), ("MASTER_SSL_CRLPATH", ""),
+            ("MASTER_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
+            ("MASTER_CONNECT_RETRY", int(connect_retry)),
+            ("MASTER_HEARTBEAT_PERIOD", float(heartbeat_period)),
+        ]
+        sql = "CHANGE MASTER TO " + ", ".join(f"{k} = %s" for k, _ in opts)
+        sql += f", MASTER_USE_GTID = {'slave_pos' if use_gtid == 'slave_pos' else 'current_pos'}"
+        if demote:
+            sql += ", MASTER_DEMOTE_TO_SLAVE = 1"
+        return (sql, tuple(v for _, v in opts))
+    # MySQL 8.0.23+ syntax
+    opts = [
+        ("SOURCE_HOST", host), ("SOURCE_PORT", int(port)),
+        ("SOURCE_USER", user), ("SOURCE_PASSWORD", password),
+        ("SOURCE_SSL", 1), ("SOURCE_SSL_CA", ssl_ca), ("SOURCE_SSL_CAPATH", ""),
+        ("SOURCE_SSL_CERT", ssl_cert), ("SOURCE_SSL_KEY", ssl_key),
+        ("SOURCE_SSL_CIPHER", ""), ("SOURCE_SSL_CRL", ""), ("SOURCE_SSL_CRLPATH", ""),
+        ("SOURCE_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
+        ("SOURCE_CONNECT_RETRY", int(connect_retry)),
+        ("SOURCE_HEARTBEAT_PERIOD", float(heartbeat_period)),
+    ]
+    sql = "CHANGE REPLICATION SOURCE TO " + ", ".join(f"{k} = %s" for k, _ in opts)
+    sql += ", SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1"
+    return (sql, tuple(v for _, v in opts))
+
+
+def reset_replica_all(version):
+    if version.is_mariadb or version.number < (8, 0, 22):
+        return ("RESET SLAVE ALL", None)
+    return ("RESET REPLICA ALL", None)
+
+
+def normalize_replica_status(version, row):
+    """
+    Map a SHOW SLAVE/REPLICA STATUS row to flavor-neutral keys.
+    Returns ``None`` when the server has no replication configured.
+    """
+    if not row or not (row.get("Master_Host") or row.get("Source_Host")):
+        return None
+
+    def pick(*keys):
+        for key in keys:
+            if key in row:
+                return row[key]
+        return None
+
+    return {
+        "host": pick("Master_Host", "Source_Host"),
+        "port": int(pick("Master_Port", "Source_Port") or 0),
+        "user": pick("Master_User", "Source_User"),
+        "io_running": pick("Slave_IO_Running", "Replica_IO_Running"),
+        "sql_running": pick("Slave_SQL_Running", "Replica_SQL_Running"),
+        "ssl_allowed": pick("Master_SSL_Allowed", "Source_SSL_Allowed"),
+        "ssl_ca": pick("Master_SSL_CA_File", "Source_SSL_CA_File") or "",
+        "ssl_cert": pick("Master_SSL_Cert", "Source_SSL_Cert") or "",
+        "ssl_key": pick("Master_SSL_Key", "Source_SSL_Key") or "",
+        "ssl_verify_server_cert": pick("Master_SSL_Verify_Server_Cert",
+                                       "Source_SSL_Verify_Server_Cert"),
+        "using_gtid": (pick("Using_Gtid") or ("Auto_Position" if pick("Auto_Position") else "No")),
+        "connect_retry": int(pick("Connect_Retry") or 0),
+        "seconds_behind": pick("Seconds_Behind_Master", "Seconds_Behind_Source"),
+        "last_io_errno": int(pick("Last_IO_Errno") or 0),
+        "last_io_error": pick("Last_IO_Error") or "",
+        "last_sql_errno": int(pick("Last_SQL_Errno") or 0),
+        "last_sql_error": pick("Last_SQL_Error") or "",
+        "gtid_io_pos": pick("Gtid_IO_Pos") or "",
+        "server_id": pick("Master_Server_Id", "Source_Server_Id"),
+    }
+
+
+# --------------------------------------------------------------------------
+# Accounts
+# --------------------------------------------------------------------------
+
+def select_account(user, host):
+    """The account's auth and TLS requirements, same columns on both flavors."""
+    return (
+        "SELECT User AS user, Host AS host, plugin, authentication_string AS auth, "
+        "ssl_type, CAST(x509_subject AS CHAR) AS x509_subject, "
+        "CAST(x509_issuer AS CHAR) AS x509_issuer "
+        "FROM mysql.user WHERE User = %s AND Host = %s",
+        (user, host),
+    )
+
+
+def show_grants(user, host):
+    return (f"SHOW GRANTS FOR {account(user, host)}", None)
+
+
+def require_clause(mode, subject=None, issuer=None):
+    """``REQUIRE SSL`` / ``REQUIRE X509`` / ``REQUIRE SUBJECT '...' AND ISSUER '...'``."""
+    if mode == "ssl":
+        return "REQUIRE SSL"
+    if mode == "x509":
+        return "REQUIRE X509"
+    if mode == "subject":
+        if not subject:
+            raise ValueError("require=subject needs a subject")
+        clause = f"REQUIRE SUBJECT {quote_string(subject)}"
+        if issuer:
+            clause += f" AND ISSUER {quote_string(issuer)}"
+        return clause
+    raise ValueError(f"unknown require mode {mode!r}")
+
+
+def expected_ssl_type(mode):
+    """The ``mysql.user.ssl_type`` value each require mode leaves."""
+    return {"ssl": "ANY", "x509": "X509", "subject": "SPECIFIED"}[mode]
+
+
+def create_replication_user(version, user, host, password, mode, subject=None, issuer=None):
+    """
+    Create (or re-create the attributes of) the replication account.
+
+    MariaDB gets the client-side hash (``IDENTIFIED BY PASSWORD '*...'``), so the
+    clear password is in no log. MySQL 8 uses caching_sha2_password, which has
+    no client-computable hash; it rewrites the statement in its logs itself.
+    """
+    require = require_clause(mode, subject, issuer)
+    acct = account(user, host)
+    if version.is_mariadb:
+        pw_hash = native_password_hash(password)
+        return [
+            (f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED BY PASSWORD %s {require}", (pw_hash,)),
+            (f"ALTER USER {acct} IDENTIFIED BY PASSWORD %s {require}", (pw_hash,)),
+            (f"GRANT REPLICATION SLAVE ON *.* TO {acct}", None),
+        ]
+    return [
+        (f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED WITH caching_sha2_password BY %s {require}",
+         (password,)),
+        (f"ALTER USER {acct} IDENTIFIED WITH caching_sha2_password BY %s {require}", (password,)),
+        (f"GRANT REPLICATION SLAVE ON *.* TO {acct}", None),
+    ]
+
+
+SELECT_ANONYMOUS = ("SELECT User AS user, Host AS host FROM mysql.user WHERE User = ''", None)
+
+
+def drop_user(user, host):
+    return (f"DROP USER IF EXISTS {account(user, host)}", None)
+
+
+# --------------------------------------------------------------------------
+# Locks and proofs
+# --------------------------------------------------------------------------
+
+FLUSH_TABLES_WITH_READ_LOCK = ("FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK", None)
+UNLOCK_TABLES = ("UNLOCK TABLES", None)
+CONNECTION_ID = ("SELECT CONNECTION_ID() AS id", None)
+
+
+def set_session_wait_timeout(seconds):
+    return (f"SET SESSION wait_timeout = {int(seconds)}, SESSION interactive_timeout = {int(seconds)}",
+            None)
+
+
+def kill_connection(conn_id):
+    return (f"KILL CONNECTION {int(conn_id)}", None)
+
+
+def processlist_by_id(conn_id):
+    return ("SELECT ID AS id, USER AS user, COMMAND AS command, TIME AS time, STATE AS state "
+            "FROM information_schema.PROCESSLIST WHERE ID = %s", (int(conn_id),))
+
+
+# Cipher negotiated by each Binlog Dump thread (performance_schema must be on).
+BINLOG_DUMP_CIPHERS = (
+    "SELECT t.PROCESSLIST_ID AS id, t.PROCESSLIST_USER AS user, t.PROCESSLIST_HOST AS host, "
+    "s.VARIABLE_VALUE AS cipher "
+    "FROM performance_schema.threads t "
+    "LEFT JOIN performance_schema.status_by_thread s "
+    "ON s.THREAD_ID = t.THREAD_ID AND s.VARIABLE_NAME = 'Ssl_cipher' "
+    "WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%'",
+    None,
+)

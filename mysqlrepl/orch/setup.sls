@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+---
+# Bring up a new topology in the one order that works across minions:
+#   sync -> preflight everywhere -> CA + keys/CSRs -> signing -> certificates,
+#   server settings, accounts -> seed replicas -> converge and verify.
+#
+#   salt-run state.orchestrate mysqlrepl.orch.setup
+#   salt-run state.orchestrate mysqlrepl.orch.setup pillar='{"mysqlrepl_orch": {"topology": "staging"}}'
+#
+# Every step fails hard: nothing runs after a failed step.
+{%- set orch = salt['pillar.get']('mysqlrepl_orch', {}) %}
+{%- set topology = orch.get('topology') %}
+{%- set tgt = orch.get('target', 'I@mysqlrepl:master:*') %}
+{%- if topology %}
+{%- set tgt = '( ' ~ tgt ~ ' ) and I@mysqlrepl:topology:' ~ topology %}
+{%- endif %}
+
+mysqlrepl-sync-master:
+  salt.runner:
+    - name: saltutil.sync_all
+    - failhard: true
+
+mysqlrepl-sync-minions:
+  salt.function:
+    - name: saltutil.sync_all
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-sync-master
+
+mysqlrepl-preflight:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.preflight
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-sync-minions
+
+mysqlrepl-keys:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.csr
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-preflight
+
+mysqlrepl-sign:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.ca
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-keys
+
+mysqlrepl-servers:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.server
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-sign
+
+mysqlrepl-seed:
+  salt.runner:
+    - name: mysqlrepl.seed
+{%- if topology %}
+    - topology: {{ topology | json }}
+{%- endif %}
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-servers
+
+mysqlrepl-converge:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - highstate: false
+    - sls: mysqlrepl
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-seed
