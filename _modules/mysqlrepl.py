@@ -65,6 +65,9 @@ def _u(name):
 
 
 def _sql(name):
+    """A statement builder (lower case) or statement constant (UPPER CASE) of mysqlrepl_sql."""
+    if name.isupper():
+        return __utils__["mysqlrepl_sql.const"](name)
     return __utils__[f"mysqlrepl_sql.{name}"]
 
 
@@ -567,15 +570,20 @@ def _flush_ssl_if_running(srv):
 # server settings
 # ---------------------------------------------------------------------------
 
-def _live_value(name, value):
-    """Normalise a server's variable value for comparison with the drop-in."""
+_SIZE_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _live_value(value):
+    """Normalise a variable value (live or from the drop-in) for comparison: ON/OFF, sizes in bytes."""
     if value is None:
         return None
-    text = str(value)
+    text = str(value).strip()
     if text.upper() in ("ON", "YES", "TRUE"):
         return "ON"
     if text.upper() in ("OFF", "NO", "FALSE"):
         return "OFF"
+    if len(text) > 1 and text[:-1].isdigit() and text[-1].upper() in _SIZE_SUFFIX:
+        return str(int(text[:-1]) * _SIZE_SUFFIX[text[-1].upper()])
     return text
 
 
@@ -631,7 +639,7 @@ def _config_plan(cfg, srv):
         elif key not in live:
             ok = False
         else:
-            ok = _live_value(key, have) == _live_value(key, want)
+            ok = _live_value(have) == _live_value(want)
         if not ok:
             plan["live"][key] = [have, want]
             if key in static:
@@ -676,15 +684,19 @@ def config_apply(server=None, test=False):
     if test:
         return {"result": None if changes else True, "changes": changes,
                 "comment": "would apply" if changes else "server settings are as pillar says"}
-    if plan["file"]:
-        uid, gid = _owner_ids(srv)
-        _write_file(srv["config_file"], __utils__["mysqlrepl_config.render_dropin"](cfg, srv["name"]),
-                    mode=0o644)
+    # live values first: a value the server refuses fails the state before the
+    # file is touched
     if live_set:
         conn = _connect(srv)
         with _u("mysqlrepl_db.closing")(conn):
             for key, (_have, want) in live_set.items():
-                _run(conn, _sql("set_global")(key, _set_value(want)))
+                try:
+                    _run(conn, _sql("set_global")(key, _set_value(want)))
+                except CommandExecutionError as exc:
+                    raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
+    if plan["file"]:
+        _write_file(srv["config_file"], _u("mysqlrepl_config.render_dropin")(cfg, srv["name"]),
+                    mode=0o644)
     if restart:
         _restart(srv)
         notes.append("restarted")
@@ -705,10 +717,11 @@ def config_apply(server=None, test=False):
 
 
 def _set_value(want):
-    if want in ("ON", "OFF"):
-        return 1 if want == "ON" else 0
-    if want.isdigit():
-        return int(want)
+    norm = _live_value(want)
+    if norm in ("ON", "OFF"):
+        return 1 if norm == "ON" else 0
+    if norm.isdigit():
+        return int(norm)
     return want
 
 
@@ -967,7 +980,7 @@ def replication_check(server=None):
     return replication_apply(server, test=True)
 
 
-def replication_apply(server=None, test=False):
+def replication_apply(server=None, test=False, seeded=False):
     """
     Make the server's replication role match pillar.
 
@@ -981,6 +994,8 @@ def replication_apply(server=None, test=False):
       not touched (seed it with ``salt-run mysqlrepl.seed``).
 
     When the live topology differs from pillar it refuses and says why.
+    ``seeded=True`` (used by ``seed_receive``) skips the never-seeded check for a
+    replica restored from a master that had no GTID yet.
     Returns ``{"result", "changes", "comment"}``.
 
     CLI Example:
@@ -1014,7 +1029,7 @@ def replication_apply(server=None, test=False):
             changes["read_only"] = {"old": variables["read_only"], "new": "ON"}
         want = _desired_link(cfg, srv)
         if rs is None:
-            if not variables.get("gtid_slave_pos"):
+            if not variables.get("gtid_slave_pos") and not seeded:
                 return {"result": False, "changes": {},
                         "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
                                     f"run salt-run state.orchestrate mysqlrepl.orch.setup "
@@ -1024,7 +1039,7 @@ def replication_apply(server=None, test=False):
             diff = _link_diff(want, rs)
         hb = None
         if rs is not None:
-            hb_row = _run(conn, ("SHOW GLOBAL STATUS LIKE 'Slave_heartbeat_period'", None))
+            hb_row = _run(conn, _sql("SLAVE_HEARTBEAT_PERIOD"))
             hb = float(hb_row[0]["Value"]) if hb_row else None
             if hb is not None and abs(hb - float(cfg["replication"]["heartbeat_period"])) > 0.001:
                 diff["heartbeat_period"] = {"old": hb, "new": cfg["replication"]["heartbeat_period"]}
@@ -1127,6 +1142,7 @@ def seed_send(to, server=None, port=None, timeout=None):
             target["address"], port, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
             srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
             datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
+            log_copy_interval=cfg["seed"]["log_copy_interval"],
         )
     return result
 
@@ -1230,7 +1246,7 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
         _run(conn, _sql("set_read_only")(True))
         _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
     shutil.rmtree(previous, ignore_errors=True)
-    result = replication_apply(srv["name"])
+    result = replication_apply(srv["name"], seeded=True)
     if not result["result"]:
         raise CommandExecutionError(f"seeded {srv['name']} but replication did not start: {result['comment']}")
     timings["total_s"] = round(time.monotonic() - started, 3)

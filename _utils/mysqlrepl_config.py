@@ -78,6 +78,9 @@ DEFAULTS = {
         "method": "backup",
         "port": 4444,
         "timeout": 7200,
+        # mariadb-backup --log-copy-interval (ms): BACKUP STAGE BLOCK_COMMIT waits
+        # for the log copy thread, so this bounds how long commits stall
+        "log_copy_interval": 10,
     },
     "server_defaults": {},
 }
@@ -106,7 +109,8 @@ _REPLICATION = {
     "require": (str, False), "subject": (str, False), "connect_retry": (int, False),
     "heartbeat_period": ((int, float), False), "wait_timeout": (int, False),
 }
-_SEED = {"method": (str, False), "port": (int, False), "timeout": (int, False)}
+_SEED = {"method": (str, False), "port": (int, False), "timeout": (int, False),
+         "log_copy_interval": (int, False)}
 _SERVER = {
     "minion": (str, False), "address": (str, True), "port": (int, False),
     "server_id": (int, False), "gtid_domain_id": (int, False), "san": (list, False),

@@ -141,7 +141,8 @@ def run(conn, statement):
     sql, args = statement
     try:
         with conn.cursor() as cur:
-            cur.execute(sql, args)
+            # always formatted: mysqlrepl_sql writes a literal % as %%
+            cur.execute(sql, args if args is not None else ())
             return list(cur.fetchall() or [])
     except pymysql.err.MySQLError as exc:
         # the statement text is not echoed: it may carry a password

@@ -6,9 +6,12 @@ Functions return ``(sql, args)`` tuples (``args`` is a tuple for PyMySQL's
 as returned by :func:`parse_version`. Nothing here does I/O.
 
 Identifiers are quoted with :func:`quote_ident`; values always travel as
-placeholders, except where the server grammar does not accept a placeholder
-(``CHANGE MASTER`` options are sent as escaped literals by the driver anyway,
-so they are placeholders too).
+placeholders, except where the server grammar does not accept one (account
+names, REQUIRE SUBJECT), which are quoted with :func:`quote_string`.
+
+Every statement is a ``%``-format string: the connection layer always formats
+it (with an empty tuple when there are no arguments), so a literal ``%`` is
+written ``%%``.
 """
 
 import hashlib
@@ -61,8 +64,11 @@ def quote_ident(name):
 
 
 def quote_string(value):
-    """Quote a string literal for places that take no placeholder (account names)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """
+    Quote a string literal for places that take no placeholder (account names,
+    REQUIRE SUBJECT); ``%`` is doubled for the driver's formatting.
+    """
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'").replace("%", "%%") + "'"
 
 
 def account(user, host):
@@ -128,6 +134,7 @@ def set_read_only(on, lock_wait_timeout=None):
     return (stmt, None)
 
 
+SLAVE_HEARTBEAT_PERIOD = ("SHOW GLOBAL STATUS LIKE 'Slave_heartbeat_period'", None)
 SESSION_NO_BINLOG = ("SET SESSION sql_log_bin = 0", None)
 SESSION_NO_GENERAL_LOG = ("SET SESSION sql_log_off = 1", None)
 FLUSH_SSL = ("FLUSH NO_WRITE_TO_BINLOG SSL", None)
@@ -354,6 +361,17 @@ BINLOG_DUMP_CIPHERS = (
     "FROM performance_schema.threads t "
     "LEFT JOIN performance_schema.status_by_thread s "
     "ON s.THREAD_ID = t.THREAD_ID AND s.VARIABLE_NAME = 'Ssl_cipher' "
-    "WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%'",
+    "WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%%'",
     None,
 )
+
+
+def const(name):
+    """
+    A statement constant of this module by name (Salt's ``__utils__`` exposes
+    functions only): ``__utils__["mysqlrepl_sql.const"]("GTID_STATE")``.
+    """
+    value = globals()[name]
+    if not (name.isupper() and isinstance(value, tuple)):
+        raise KeyError(name)
+    return value

@@ -36,19 +36,21 @@ def test_mariadb_user_uses_hash_not_clear_text():
     assert "p'w" not in text and all("p'w" not in repr(a) for _, a in stmts)
     assert "IDENTIFIED BY PASSWORD %s REQUIRE X509" in stmts[0][0]
     assert stmts[0][1] == (sql.native_password_hash("p'w"),)
-    assert stmts[2][0] == "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'"
+    # statements are always %-formatted by the connection layer
+    assert stmts[2][0] == "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%%'"
+    assert stmts[2][0] % () == "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'"
 
 
 def test_mysql8_user_syntax():
     stmts = sql.create_replication_user(MYSQL8, "repl", "%", "pw", "ssl")
-    assert stmts[0][0] == ("CREATE USER IF NOT EXISTS 'repl'@'%' IDENTIFIED WITH caching_sha2_password "
+    assert stmts[0][0] == ("CREATE USER IF NOT EXISTS 'repl'@'%%' IDENTIFIED WITH caching_sha2_password "
                            "BY %s REQUIRE SSL")
-    assert stmts[1][0].startswith("ALTER USER 'repl'@'%' IDENTIFIED WITH caching_sha2_password BY %s")
+    assert stmts[1][0].startswith("ALTER USER 'repl'@'%%' IDENTIFIED WITH caching_sha2_password BY %s")
 
 
 def test_require_subject_quotes_and_issuer():
-    clause = sql.require_clause("subject", "/O=W3C/CN=o'brien", "/CN=ca")
-    assert clause == "REQUIRE SUBJECT '/O=W3C/CN=o\\'brien' AND ISSUER '/CN=ca'"
+    clause = sql.require_clause("subject", "/O=W3C/CN=o'brien 100%", "/CN=ca")
+    assert clause == "REQUIRE SUBJECT '/O=W3C/CN=o\\'brien 100%%' AND ISSUER '/CN=ca'"
     with pytest.raises(ValueError):
         sql.require_clause("subject")
     with pytest.raises(ValueError):

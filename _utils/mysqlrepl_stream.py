@@ -1,0 +1,842 @@
+"""
+Seeding transport for mysqlrepl: a ``mariadb-backup --stream=mbstream`` sent over a
+mutually verified TLS connection from the master's minion to the replica's minion.
+
+Plain Python, no Salt dunders: the execution module reaches these functions as
+``__utils__["mysqlrepl_stream.<func>"]`` and unit/integration tests import the file directly.
+
+Protocol (one TCP connection, TLS 1.2+ both ways verified against the topology CA):
+
+* the replica side (:func:`receive_backup`) listens, accepts exactly one connection, checks that
+  the client certificate's subjectAltName names the master, and pipes the bytes into
+  ``mbstream -x -C <target_dir>``;
+* the master side (:func:`send_backup`) connects (retrying while the receiver is not up yet),
+  verifies the receiver's certificate for the address it dialled, waits for the receiver's
+  one-line "go" (sent after it accepted the client certificate and started mbstream), and only
+  then runs mariadb-backup and pumps its stdout into the socket -- a refused sender never takes
+  backup locks on the master;
+* success is signalled with TLS ``close_notify`` only: the sender closes cleanly only when
+  mariadb-backup exited 0, and the receiver answers with its own ``close_notify`` only after
+  mbstream exited 0.  A connection that ends any other way is a failure on both sides, so a
+  truncated stream can never be taken for a complete backup.
+
+No password ever appears in argv or the environment: mariadb-backup reads its credentials from
+a 0600 option file given with ``--defaults-extra-file``.
+"""
+
+import collections
+import datetime
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import ssl
+import stat
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # 1 MiB reads/writes
+PROGRESS_INTERVAL = 2.0  # seconds between progress callbacks
+STDERR_TAIL_LINES = 60
+BINLOG_INFO_FILES = ("xtrabackup_binlog_info", "mariadb_backup_binlog_info")
+# receiver -> sender once the client certificate is accepted and mbstream runs
+GO = b"mysqlrepl-stream/1 go\n"
+
+# Linux: grow pipes so 1 MiB reads actually get 1 MiB (default pipe is 64 KiB).
+_F_SETPIPE_SZ = 1031
+
+# mariadb-backup prints "SHOW GRANTS" output on privilege errors, hashes included.
+_REDACT_RE = re.compile(
+    r"(IDENTIFIED\s+(?:BY\s+PASSWORD|VIA\s+\S+\s+(?:USING|AS))\s+)'[^']*'", re.IGNORECASE
+)
+# "[00] 2026-11-23 12:40:44 Starting BACKUP STAGE BLOCK_COMMIT"
+_STDERR_TS_RE = re.compile(r"^\[\d+\]\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+(.*)$")
+_STAGE_RE = re.compile(
+    r"^(?P<what>Starting|Started|Acquired locks for|Finished|Finishing|Executing)"
+    r" BACKUP STAGE (?P<stage>[A-Z_]+)\s*$"
+)
+_UNLOCKED = "All tables unlocked"
+_BINLOG_LINE_RE = re.compile(
+    r"MySQL binlog position: filename '([^']*)', position '(\d+)'"
+    r"(?:, GTID of the last change '([^']*)')?"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _redact(text):
+    return _REDACT_RE.sub(r"\1'<redacted>'", text)
+
+
+def _call_progress(progress, nbytes):
+    """Progress callbacks are best effort: an event bus hiccup must not kill a transfer."""
+    if progress is None:
+        return
+    try:
+        progress(nbytes)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("mysqlrepl_stream: progress callback failed: %s", exc)
+
+
+def _kill(proc):
+    """Kill a child by its Popen object (never by name) and reap it."""
+    if proc is None:
+        return
+    try:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    except Exception:  # pylint: disable=broad-except
+        pass
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+
+def _close(sock):
+    if sock is None:
+        return
+    try:
+        sock.close()
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def _abort(sock):
+    """Close a TLS socket *without* close_notify so the peer sees a failed transfer."""
+    if sock is None:
+        return
+    try:
+        # SO_LINGER 0 -> RST: the peer gets ECONNRESET rather than a (ragged) EOF.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except Exception:  # pylint: disable=broad-except
+        pass
+    _close(sock)
+
+
+def _grow_pipe(fileobj):
+    try:
+        import fcntl  # pylint: disable=import-outside-toplevel
+
+        fcntl.fcntl(fileobj.fileno(), _F_SETPIPE_SZ, CHUNK)
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def _write_all(fileobj, view):
+    """Raw (unbuffered) pipe writes may be partial: loop until everything is written."""
+    while view:
+        written = fileobj.write(view)
+        if written is None:  # non-blocking fd would block; ours is blocking
+            continue
+        view = view[written:]
+
+
+def _remaining(deadline, what):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise CommandExecutionError(f"mysqlrepl_stream: timed out {what}")
+    return left
+
+
+class _StderrReader(threading.Thread):
+    """Drain a child's stderr: keep the tail and the arrival time of BACKUP STAGE lines."""
+
+    def __init__(self, stream, name, keep=STDERR_TAIL_LINES):
+        super().__init__(name=name, daemon=True)
+        self.stream = stream
+        self.tail = collections.deque(maxlen=keep)
+        self.events = []  # (monotonic, line) for stage / unlock lines
+        self.binlog = None
+
+    def run(self):
+        try:
+            for raw in iter(self.stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                now = time.monotonic()
+                self.tail.append(line)
+                if "BACKUP STAGE" in line or _UNLOCKED in line:
+                    self.events.append((now, line))
+                elif "binlog position:" in line:
+                    match = _BINLOG_LINE_RE.search(line)
+                    if match:
+                        self.binlog = {
+                            "file": match.group(1),
+                            "pos": int(match.group(2)),
+                            "gtid": match.group(3) or "",
+                        }
+        except Exception:  # pylint: disable=broad-except
+            pass
+        finally:
+            try:
+                self.stream.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+    def text(self):
+        return _redact("\n".join(self.tail))
+
+
+def _peer_names(cert):
+    """(dns names lower-cased, ip addresses) from a getpeercert() dict's subjectAltName."""
+    dns, ips = set(), set()
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "DNS":
+            dns.add(value.strip().lower().rstrip("."))
+        elif kind == "IP Address":
+            try:
+                ips.add(ipaddress.ip_address(value.strip()))
+            except ValueError:
+                pass
+    return dns, ips
+
+
+def _peer_matches(cert, expected):
+    """Exact SAN match (no wildcards, no CN fallback) of the expected IP or DNS name."""
+    dns, ips = _peer_names(cert)
+    try:
+        return ipaddress.ip_address(expected.strip().strip("[]")) in ips
+    except ValueError:
+        return expected.strip().lower().rstrip(".") in dns
+
+
+def _check_files(**paths):
+    for label, path in paths.items():
+        if not path or not os.path.isfile(path):
+            raise CommandExecutionError(f"mysqlrepl_stream: {label} {path!r} is not a file")
+
+
+# --------------------------------------------------------------------------------------------
+# receiving side (replica minion)
+# --------------------------------------------------------------------------------------------
+def receive_backup(
+    bind_host,
+    port,
+    target_dir,
+    ca_file,
+    cert_file,
+    key_file,
+    expected_peer,
+    timeout=3600,
+    progress=None,
+    ready=None,
+    mbstream="mbstream",
+    progress_interval=PROGRESS_INTERVAL,
+):
+    """
+    Receive one mbstream backup over TLS and extract it into ``target_dir``.
+
+    Listens on ``bind_host:port``, accepts exactly one connection, requires a client certificate
+    from ``ca_file`` whose subjectAltName contains ``expected_peer`` (an IP address or DNS name,
+    or a list of acceptable ones), and feeds the stream to ``mbstream -x -C target_dir``.
+
+    ``timeout`` bounds the whole operation (waiting for the sender included).  ``ready()`` is
+    called once the socket listens; ``progress(bytes_so_far)`` at most every
+    ``progress_interval`` seconds.  ``target_dir`` must exist and be empty; after a failure it
+    may hold a partial extraction that the caller has to remove.
+
+    Returns ``{"bytes", "seconds", "peer", "peer_addr"}``; raises CommandExecutionError.
+    """
+    _check_files(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    if not os.path.isdir(target_dir):
+        raise CommandExecutionError(f"mysqlrepl_stream: target_dir {target_dir} does not exist")
+    if os.listdir(target_dir):
+        raise CommandExecutionError(f"mysqlrepl_stream: target_dir {target_dir} is not empty")
+    expected = [expected_peer] if isinstance(expected_peer, str) else list(expected_peer or ())
+    if not expected:
+        raise CommandExecutionError("mysqlrepl_stream: expected_peer is required")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=ca_file)
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandExecutionError(f"mysqlrepl_stream: cannot load TLS files: {exc}") from exc
+
+    start = time.monotonic()
+    deadline = start + timeout
+    where = f"{bind_host}:{port}"
+    listener = conn = tls = proc = errs = watchdog = None
+    nbytes = 0
+    try:
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(
+                bind_host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(addr)
+            listener.listen(1)
+        except OSError as exc:
+            raise CommandExecutionError(f"mysqlrepl_stream: cannot listen on {where}: {exc}") from exc
+        if ready is not None:
+            ready()
+
+        listener.settimeout(_remaining(deadline, f"before listening on {where}"))
+        try:
+            conn, peer_addr = listener.accept()
+        except socket.timeout as exc:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: no sender connected to {where} within {timeout} s"
+            ) from exc
+        _close(listener)  # exactly one connection
+        listener = None
+        peer_addr = f"{peer_addr[0]}:{peer_addr[1]}"
+
+        conn.settimeout(min(60.0, _remaining(deadline, "waiting for the TLS handshake")))
+        try:
+            tls = ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+        except (ssl.SSLError, OSError) as exc:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: TLS handshake with {peer_addr} failed: {exc}"
+            ) from exc
+        conn = None
+        cert = tls.getpeercert() or {}
+        peer = next((name for name in expected if _peer_matches(cert, name)), None)
+        if peer is None:
+            dns, ips = _peer_names(cert)
+            names = sorted(dns) + sorted(str(ip) for ip in ips)
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: refused connection from {peer_addr}: client certificate "
+                f"names {names or 'nothing'} in subjectAltName, expected {expected_peer!r}"
+            )
+
+        try:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                [mbstream, "-x", "-C", target_dir],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise CommandExecutionError(f"mysqlrepl_stream: cannot run {mbstream}: {exc}") from exc
+        _grow_pipe(proc.stdin)
+        errs = _StderrReader(proc.stderr, "mbstream-stderr")
+        errs.start()
+        tls.settimeout(min(60.0, _remaining(deadline, "sending go")))
+        try:
+            tls.sendall(GO)
+        except (ssl.SSLError, OSError) as exc:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: connection from {peer_addr} broke before the transfer: {exc}"
+            ) from exc
+        # a wedged mbstream (blocked write) cannot outlive the deadline
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        last_progress = time.monotonic()
+        eof = False
+        while not eof:
+            filled = 0
+            # gather up to 1 MiB (TLS hands out at most one 16 KiB record per read)
+            while filled < CHUNK - 16384:
+                tls.settimeout(_remaining(deadline, f"receiving the backup from {peer_addr}"))
+                try:
+                    n = tls.recv_into(view[filled:])
+                except ssl.SSLEOFError as exc:
+                    raise CommandExecutionError(
+                        f"mysqlrepl_stream: sender {peer_addr} closed the connection without "
+                        f"finishing (after {nbytes + filled} bytes): the backup failed on the "
+                        "master side"
+                    ) from exc
+                except socket.timeout as exc:
+                    raise CommandExecutionError(
+                        f"mysqlrepl_stream: timed out receiving the backup from {peer_addr} "
+                        f"after {nbytes + filled} bytes"
+                    ) from exc
+                except (ssl.SSLError, OSError) as exc:
+                    raise CommandExecutionError(
+                        f"mysqlrepl_stream: connection from {peer_addr} broke after "
+                        f"{nbytes + filled} bytes: {exc}"
+                    ) from exc
+                if n == 0:
+                    eof = True  # clean close_notify: the sender's mariadb-backup exited 0
+                    break
+                filled += n
+            if filled:
+                try:
+                    _write_all(proc.stdin, view[:filled])
+                except OSError as exc:
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    errs.join(5)
+                    raise CommandExecutionError(
+                        f"mysqlrepl_stream: {mbstream} stopped reading (exit {proc.returncode}) "
+                        f"after {nbytes} bytes: {errs.text() or exc}"
+                    ) from exc
+                nbytes += filled
+            now = time.monotonic()
+            if progress is not None and now - last_progress >= progress_interval:
+                last_progress = now
+                _call_progress(progress, nbytes)
+
+        proc.stdin.close()
+        try:
+            rc = proc.wait(timeout=_remaining(deadline, f"waiting for {mbstream} to finish"))
+        except subprocess.TimeoutExpired as exc:
+            raise CommandExecutionError(f"mysqlrepl_stream: {mbstream} did not finish in time") from exc
+        errs.join(5)
+        if rc != 0:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: {mbstream} exited {rc} after {nbytes} bytes: {errs.text()}"
+            )
+        # confirm to the sender that everything was extracted
+        try:
+            tls.settimeout(10)
+            tls.unwrap()
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("mysqlrepl_stream: closing TLS to %s: %s", peer_addr, exc)
+        return {
+            "bytes": nbytes,
+            "seconds": round(time.monotonic() - start, 3),
+            "peer": peer,
+            "peer_addr": peer_addr,
+        }
+    except BaseException:
+        _kill(proc)
+        _abort(tls)
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        _close(listener)
+        _close(conn)
+        _close(tls)
+        if proc is not None:
+            _kill(proc)
+            if proc.stderr is not None:
+                try:
+                    proc.stderr.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
+
+# --------------------------------------------------------------------------------------------
+# sending side (master minion)
+# --------------------------------------------------------------------------------------------
+def _connect_tls(host, port, ctx, connect_timeout, source_address=None):
+    deadline = time.monotonic() + connect_timeout
+    last = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: cannot connect to receiver {host}:{port} within "
+                f"{connect_timeout} s: {last}"
+            )
+        sock = None
+        try:
+            sock = socket.create_connection(
+                (host, port),
+                timeout=min(10.0, left),
+                source_address=(source_address, 0) if source_address else None,
+            )
+            sock.settimeout(min(60.0, max(left, 10.0)))
+            return ctx.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
+        except ssl.SSLCertVerificationError as exc:
+            _close(sock)
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: receiver {host}:{port} failed certificate verification: "
+                f"{exc.verify_message or exc}"
+            ) from exc
+        except ssl.SSLError as exc:
+            _close(sock)
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: TLS handshake with receiver {host}:{port} failed: {exc}"
+            ) from exc
+        except OSError as exc:  # refused / unreachable / timeout: receiver not up yet
+            _close(sock)
+            last = exc
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _wait_go(tls, host, port, deadline):
+    got = b""
+    try:
+        while len(got) < len(GO):
+            tls.settimeout(min(60.0, _remaining(deadline, f"waiting for {host}:{port} to accept")))
+            chunk = tls.recv(len(GO) - len(got))
+            if not chunk:
+                break
+            got += chunk
+    except ssl.SSLError as exc:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: receiver {host}:{port} refused this sender ({exc}); its log says "
+            "why (client certificate not from the CA / SAN is not the expected master, "
+            "target_dir not usable)"
+        ) from exc
+    except OSError as exc:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: receiver {host}:{port} refused this sender ({exc!r}); its log "
+            "says why (client certificate SAN is not the expected master, target_dir not usable)"
+        ) from exc
+    if got != GO:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: receiver {host}:{port} refused this sender (closed the connection "
+            f"before the transfer, got {got!r}); check the receiving side (client certificate "
+            "SAN must name this master)"
+        )
+
+
+def send_backup(
+    host,
+    port,
+    ca_file,
+    cert_file,
+    key_file,
+    defaults_file,
+    timeout=3600,
+    progress=None,
+    connect_timeout=60,
+    backup_cmd="mariadb-backup",
+    extra_args=(),
+    datadir=None,
+    socket=None,  # pylint: disable=redefined-outer-name
+    progress_interval=PROGRESS_INTERVAL,
+    source_address=None,
+    log_copy_interval=None,
+):
+    """
+    Stream ``mariadb-backup --backup --stream=mbstream`` of the local server to a receiver.
+
+    Connects to ``host:port`` (retrying for ``connect_timeout`` seconds while the receiver comes
+    up), verifies the receiver's certificate against ``ca_file`` for ``host`` (IP or DNS name)
+    and presents ``cert_file``/``key_file`` as client certificate.  Only then runs::
+
+        <backup_cmd> --defaults-extra-file=<defaults_file> --backup --stream=mbstream
+                     --target-dir=<private tmp dir> [--datadir=...] [--socket=...] <extra_args>
+
+    ``defaults_file`` is an option file (mode 0600, not group/world readable) holding the
+    credentials in ``[client]`` / ``[mariadb-backup]``; passwords are never put in argv or in
+    the environment.  ``socket`` and ``datadir`` are passed to mariadb-backup when given.
+
+    Nothing runs on the master before the receiver has accepted this connection (it answers
+    a short "go" line once it verified our certificate and started mbstream).
+
+    ``log_copy_interval`` (ms) is passed as ``--log-copy-interval``: BACKUP STAGE BLOCK_COMMIT
+    (every commit on the master waits, InnoDB and Aria alike) lasts until the redo-log copy
+    thread has caught up, and that thread polls every 1000 ms by default -- measured commit
+    stalls of 0.8-0.95 s with the default, 50-80 ms with 10.
+    ``source_address`` (optional) binds the outgoing connection to the master's own address.
+    ``timeout`` bounds the whole transfer (mariadb-backup is killed when it expires).
+    Returns ``{"bytes", "seconds", "stderr_tail", "lock_info", "binlog"}``; raises
+    CommandExecutionError with mariadb-backup's stderr tail on failure or when the receiver
+    hangs up or does not confirm the extraction.
+    """
+    _check_files(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    try:
+        st = os.stat(defaults_file)
+    except OSError as exc:
+        raise CommandExecutionError(f"mysqlrepl_stream: defaults file: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: defaults file {defaults_file} must be a regular file with mode "
+            f"0600 or stricter (is {stat.S_IMODE(st.st_mode):04o})"
+        )
+    extra_args = [str(arg) for arg in (extra_args or ())]
+    for arg in extra_args:
+        if re.match(r"^(--password|-p)", arg):
+            raise CommandExecutionError(
+                "mysqlrepl_stream: passwords go in the defaults file, never on the command line"
+            )
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname + CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=ca_file)
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandExecutionError(f"mysqlrepl_stream: cannot load TLS files: {exc}") from exc
+
+    start = time.monotonic()
+    deadline = start + timeout
+    tls = proc = errs = watchdog = workdir = None
+    nbytes = 0
+    timed_out = threading.Event()
+    try:
+        tls = _connect_tls(host, port, ctx, min(connect_timeout, timeout), source_address)
+        _wait_go(tls, host, port, deadline)
+
+        workdir = tempfile.mkdtemp(prefix="mysqlrepl-backup-")  # 0700
+        argv = [
+            backup_cmd,
+            f"--defaults-extra-file={defaults_file}",
+            "--backup",
+            "--stream=mbstream",
+            f"--target-dir={workdir}",
+        ]
+        if datadir:
+            argv.append(f"--datadir={datadir}")
+        if socket:
+            argv.append(f"--socket={socket}")
+        if log_copy_interval:
+            argv.append(f"--log-copy-interval={int(log_copy_interval)}")
+        argv.extend(extra_args)
+        env = {k: v for k, v in os.environ.items() if k not in ("MYSQL_PWD", "MYSQL_HOST")}
+        try:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                close_fds=True,
+                cwd=workdir,
+                env=env,
+            )
+        except OSError as exc:
+            raise CommandExecutionError(f"mysqlrepl_stream: cannot run {backup_cmd}: {exc}") from exc
+        _grow_pipe(proc.stdout)
+        errs = _StderrReader(proc.stderr, "mariadb-backup-stderr")
+        errs.start()
+
+        def _expire():
+            timed_out.set()
+            proc.kill()
+
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _expire)
+        watchdog.daemon = True
+        watchdog.start()
+
+        fd = proc.stdout.fileno()
+        last_progress = time.monotonic()
+        while True:
+            data = os.read(fd, CHUNK)
+            if not data:
+                break
+            tls.settimeout(_remaining(deadline, f"sending the backup to {host}:{port}"))
+            try:
+                tls.sendall(data)
+            except (ssl.SSLError, OSError) as exc:
+                raise CommandExecutionError(
+                    f"mysqlrepl_stream: receiver {host}:{port} hung up after {nbytes} bytes "
+                    f"({exc}); mariadb-backup output: {errs.text()}"
+                ) from exc
+            nbytes += len(data)
+            now = time.monotonic()
+            if progress is not None and now - last_progress >= progress_interval:
+                last_progress = now
+                _call_progress(progress, nbytes)
+
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _expire()
+            rc = proc.wait()
+        errs.join(10)
+        if timed_out.is_set():
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: backup to {host}:{port} timed out after {timeout} s "
+                f"({nbytes} bytes sent); mariadb-backup output: {errs.text()}"
+            )
+        if rc != 0:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: {backup_cmd} exited {rc} after {nbytes} bytes: {errs.text()}"
+            )
+        # clean close_notify = "complete"; the receiver answers only once mbstream exited 0
+        try:
+            tls.settimeout(max(5.0, min(120.0, deadline - time.monotonic())))
+            tls.unwrap()
+        except (ssl.SSLError, OSError) as exc:
+            raise CommandExecutionError(
+                f"mysqlrepl_stream: receiver {host}:{port} did not confirm the extraction of "
+                f"{nbytes} bytes ({exc!r}); check the receiving side"
+            ) from exc
+        tail = errs.text()
+        return {
+            "bytes": nbytes,
+            "seconds": round(time.monotonic() - start, 3),
+            "stderr_tail": tail,
+            "lock_info": _lock_timings(errs.events, "line arrival"),
+            "binlog": errs.binlog,
+        }
+    except BaseException:
+        _kill(proc)
+        _abort(tls)
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        _close(tls)
+        if proc is not None:
+            _kill(proc)
+        if errs is not None:
+            errs.join(5)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# after the transfer (replica minion)
+# --------------------------------------------------------------------------------------------
+def prepare_backup(target_dir, backup_cmd="mariadb-backup", timeout=None, extra_args=()):
+    """Run ``mariadb-backup --prepare --target-dir=<target_dir>``; raise with its stderr tail."""
+    if not any(
+        os.path.isfile(os.path.join(target_dir, name))
+        for name in ("xtrabackup_checkpoints", "mariadb_backup_checkpoints")
+    ):
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: {target_dir} does not hold a mariadb-backup backup "
+            "(no xtrabackup_checkpoints)"
+        )
+    argv = [backup_cmd, "--prepare", f"--target-dir={target_dir}"]
+    argv.extend(str(arg) for arg in (extra_args or ()))
+    try:
+        res = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandExecutionError(f"mysqlrepl_stream: {backup_cmd} --prepare timed out") from exc
+    except OSError as exc:
+        raise CommandExecutionError(f"mysqlrepl_stream: cannot run {backup_cmd}: {exc}") from exc
+    if res.returncode != 0:
+        lines = res.stdout.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:]
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: {backup_cmd} --prepare exited {res.returncode}: "
+            + _redact("\n".join(lines))
+        )
+
+
+def read_binlog_info(target_dir):
+    """
+    Binlog coordinates of the backup: ``{"file", "pos", "gtid"}``.
+
+    MariaDB 10.11's mariadb-backup writes ``xtrabackup_binlog_info`` (later versions renamed it
+    ``mariadb_backup_binlog_info``; both are read): ``file<TAB>pos<TAB>gtid``.  ``gtid`` is ""
+    when the master never wrote a GTID.  It is taken under BACKUP STAGE BLOCK_COMMIT, so it is
+    exact for every engine (InnoDB's own ``xtrabackup_binlog_pos_innodb`` is not, when the
+    last writes went to Aria/MyISAM).
+    """
+    for name in BINLOG_INFO_FILES:
+        path = os.path.join(target_dir, name)
+        if os.path.isfile(path):
+            break
+    else:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: no {' / '.join(BINLOG_INFO_FILES)} in {target_dir} "
+            "(is log_bin enabled on the master?)"
+        )
+    with open(path, encoding="utf-8") as fh:
+        line = next((ln for ln in fh.read().splitlines() if ln.strip()), "")
+    fields = line.split("\t")
+    try:
+        pos = int(fields[1])
+    except (IndexError, ValueError) as exc:
+        raise CommandExecutionError(
+            f"mysqlrepl_stream: cannot parse {path}: {line!r}"
+        ) from exc
+    if not fields[0]:
+        raise CommandExecutionError(f"mysqlrepl_stream: cannot parse {path}: {line!r}")
+    gtid = fields[2].strip() if len(fields) > 2 else ""
+    return {"file": fields[0], "pos": pos, "gtid": gtid}
+
+
+# --------------------------------------------------------------------------------------------
+# BACKUP STAGE timings
+# --------------------------------------------------------------------------------------------
+def _lock_timings(events, source):
+    """
+    ``events``: [(seconds, line)] for the BACKUP STAGE lines of mariadb-backup's stderr.
+
+    Returns ``{"source", "stages": {STAGE: {"start_ms", "acquired_ms", "finished_ms"}},
+    "block_ddl_ms", "block_commit_ms"}``: offsets are relative to ``BACKUP STAGE START``;
+    ``block_commit_ms`` spans from requesting BLOCK_COMMIT to "All tables unlocked" (the window
+    in which commits on the master may wait), ``block_ddl_ms`` likewise for BLOCK_DDL
+    (the window in which DDL waits).  Missing spans are None.
+    """
+    stages = {}
+    unlocked = None
+    for when, line in events:
+        match = _STDERR_TS_RE.match(line)
+        text = match.group(2) if match else line.strip()
+        if text.startswith(_UNLOCKED):
+            unlocked = when if unlocked is None else unlocked
+            continue
+        match = _STAGE_RE.match(text)
+        if not match:
+            continue
+        what, stage = match.group("what"), match.group("stage")
+        entry = stages.setdefault(stage, {})
+        key = {
+            "Starting": "start",
+            "Started": "start",
+            "Acquired locks for": "acquired",
+            "Finished": "finished",
+            "Finishing": "finished",
+            "Executing": "start",
+        }[what]
+        entry.setdefault(key, when)
+    if not stages:
+        return {"source": source, "stages": {}, "block_ddl_ms": None, "block_commit_ms": None}
+    origin = stages.get("START", {}).get("start")
+    if origin is None:
+        origin = min(t for entry in stages.values() for t in entry.values())
+
+    def _ms(delta):
+        return int(round(delta * 1000))
+
+    def _span(stage):
+        begin = stages.get(stage, {}).get("start")
+        if begin is None or unlocked is None:
+            return None
+        return _ms(unlocked - begin)
+
+    return {
+        "source": source,
+        "stages": {
+            stage: {f"{k}_ms": _ms(v - origin) for k, v in entry.items()}
+            for stage, entry in stages.items()
+        },
+        "block_ddl_ms": _span("BLOCK_DDL"),
+        "block_commit_ms": _span("BLOCK_COMMIT"),
+    }
+
+
+def parse_lock_timings(stderr_text):
+    """
+    BACKUP STAGE timings from mariadb-backup's stderr text.
+
+    mariadb-backup 10.11 prefixes its lines with a timestamp of one-second resolution
+    (``[00] 2026-11-23 12:40:45 Starting BACKUP STAGE BLOCK_COMMIT`` …
+    ``[00] 2026-11-23 12:40:46 All tables unlocked``), so spans computed here are multiples of
+    1000 ms (``"source": "stderr timestamps (1 s resolution)"``).  :func:`send_backup` times the
+    same lines as they arrive instead, to the millisecond.
+    """
+    events = []
+    for line in (stderr_text or "").splitlines():
+        match = _STDERR_TS_RE.match(line.strip())
+        if not match or ("BACKUP STAGE" not in line and _UNLOCKED not in line):
+            continue
+        try:
+            when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        except ValueError:
+            continue
+        events.append((when, line.strip()))
+    return _lock_timings(events, "stderr timestamps (1 s resolution)")

@@ -1,0 +1,328 @@
+"""
+SSL replication from pillar, end to end: three real MariaDB servers on their own
+loopback addresses, a real salt-master and minions, the formula driven through
+the master (salt-run state.orchestrate / salt state.apply).
+
+The tests in this module run in file order and share one topology.
+"""
+
+import os
+import pathlib
+import re
+import stat
+import subprocess
+import threading
+import time
+
+import pymysql
+import pytest
+
+pytestmark = [pytest.mark.integration]
+
+PASSWORD = "Repl-pw_7f3a9c1e5d"
+ADMIN_PASSWORD = "Adm1n-pw_c0ffee42"
+NAMES = ("db1", "db2", "db3")
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def build_pillar(servers, harness_root, **overrides):
+    """The topology pillar for the three test servers."""
+    repl = {"user": "repl", "password": PASSWORD, "require": "x509", "connect_retry": 1,
+            "heartbeat_period": 1, "wait_timeout": 30}
+    repl.update(overrides.pop("replication", {}))
+    data = {
+        "topology": "test",
+        "master": "db1",
+        "restart_allowed": True,
+        "ca": {"minion": "db1", "ca_name": "mysql", "cacert_path": str(servers["db1"].root / "pki"),
+               "bits": 2048, "days": 730, "CN": "db1-masterdb.test.wpdn", "O": "W3C",
+               "OU": "WebPlatform Docs", "emailAddress": "ops@example.org"},
+        "tls": {"subject": {"O": "W3C", "OU": "WebPlatform Docs"}},
+        "replication": repl,
+        "seed": {"port": 24444, "timeout": 600},
+        "servers": {},
+    }
+    for name, srv in servers.items():
+        data["servers"][name] = {
+            "address": srv.address,
+            "port": srv.port,
+            "server_id": srv.server_id,
+            "datadir": str(srv.datadir),
+            "socket": str(srv.socket),
+            "config_file": str(srv.conf_d / "60-mysqlrepl.cnf"),
+            "tls_dir": str(srv.root / "tls"),
+            "service": srv.service_name,
+            "os_user": srv.os_user,
+            "settings": {"innodb_buffer_pool_size": "32M"},
+        }
+    for key, value in overrides.items():
+        data[key] = value
+    return {"mysqlrepl": data}
+
+
+def state_returns(ret):
+    """{minion: [state dicts]} from a `salt state.apply` CLI return; asserts every minion answered."""
+    assert isinstance(ret.data, dict), ret
+    out = {}
+    for minion, states in ret.data.items():
+        assert isinstance(states, dict), f"{minion}: {states}"
+        out[minion] = sorted(states.values(), key=lambda s: s.get("__run_num__", 0))
+    return out
+
+
+def changes_of(ret):
+    return {m: {s["__id__"]: s["changes"] for s in states if s["changes"]}
+            for m, states in state_returns(ret).items()}
+
+
+def all_ok(ret):
+    bad = {m: [(s["__id__"], s["comment"]) for s in states if s["result"] is not True]
+           for m, states in state_returns(ret).items()}
+    return {m: b for m, b in bad.items() if b}
+
+
+def apply(salt_cli, sls="mysqlrepl", test=False, minions=NAMES):
+    args = ["-L", "state.apply", sls]
+    if test:
+        args.append("test=True")
+    ret = salt_cli.run(*args, minion_tgt=",".join(minions))
+    assert set(ret.data or {}) == set(minions), ret
+    return ret
+
+
+def wait_for(predicate, timeout=30, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def replica_status(server):
+    rows = server.query("SHOW SLAVE STATUS")
+    return rows[0] if rows else None
+
+
+def fingerprint(servers):
+    """What must not change when a run is refused: files, uptime, GTID state, replication."""
+    out = {}
+    for name, srv in servers.items():
+        files = {}
+        for path in sorted((srv.root / "tls").glob("*")) + [srv.conf_d / "60-mysqlrepl.cnf"]:
+            if path.exists():
+                st = path.stat()
+                files[path.name] = (st.st_mtime_ns, stat.S_IMODE(st.st_mode), path.read_bytes())
+        row = srv.query("SELECT @@gtid_binlog_state AS g, @@read_only AS ro")[0]
+        uptime = srv.query("SHOW GLOBAL STATUS LIKE 'Uptime'")[0]["Value"]
+        rs = replica_status(srv) or {}
+        out[name] = (files, row["g"], row["ro"], int(uptime) // 3600 and None,
+                     srv.pid(), rs.get("Master_Host"), rs.get("Master_SSL_Verify_Server_Cert"))
+    return out
+
+
+def repl_connect(server, **kw):
+    return pymysql.connect(host=server.address, port=server.port, user="repl", password=PASSWORD,
+                           connect_timeout=5, **kw)
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def topology(mariadb_servers, harness_root, write_pillar, salt_run_cli, salt_minions):
+    """Bring the topology up with the setup orchestration (once for the module)."""
+    for srv in mariadb_servers.values():
+        # an admin login for the wrong-password test; created before the formula runs
+        srv.query("CREATE USER IF NOT EXISTS 'opadmin'@'localhost' IDENTIFIED BY %s", (ADMIN_PASSWORD,))
+        srv.query("GRANT ALL ON *.* TO 'opadmin'@'localhost' WITH GRANT OPTION")
+    pillar = build_pillar(mariadb_servers, harness_root)
+    write_pillar(pillar)
+    started = time.monotonic()
+    ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
+    elapsed = time.monotonic() - started
+    return {"pillar": pillar, "setup_ret": ret, "setup_s": elapsed}
+
+
+def _orch_failures(ret):
+    data = ret.data
+    assert isinstance(data, dict), ret
+    states = data.get("data", data)
+    states = next(iter(states.values())) if len(states) == 1 and isinstance(next(iter(states.values())), dict) \
+        and all(isinstance(v, dict) for v in next(iter(states.values())).values()) else states
+    return {k: v.get("comment") for k, v in states.items() if isinstance(v, dict) and v.get("result") is not True}
+
+
+# ---------------------------------------------------------------------------
+# bring-up
+# ---------------------------------------------------------------------------
+
+def test_setup_orchestration_brings_up_tls_replication(topology, mariadb_servers):
+    ret = topology["setup_ret"]
+    assert ret.returncode == 0, ret
+    assert _orch_failures(ret) == {}, ret
+    db1, db2, db3 = (mariadb_servers[n] for n in NAMES)
+    for srv in (db1, db2, db3):
+        assert srv.query("SELECT @@have_ssl AS v")[0]["v"] == "YES"
+    for replica in (db2, db3):
+        rs = replica_status(replica)
+        assert rs["Master_Host"] == db1.address
+        assert rs["Slave_IO_Running"] == "Yes" and rs["Slave_SQL_Running"] == "Yes", rs
+        assert rs["Master_SSL_Allowed"] == "Yes"
+        assert rs["Master_SSL_Verify_Server_Cert"] == "Yes"
+        assert rs["Using_Gtid"] == "Slave_Pos"
+        assert replica.query("SELECT @@read_only AS v")[0]["v"] == 1
+    assert replica_status(db1) is None
+    assert db1.query("SELECT @@read_only AS v")[0]["v"] == 0
+
+
+def test_row_written_on_master_arrives_on_both_replicas(topology, mariadb_servers):
+    db1 = mariadb_servers["db1"]
+    db1.query("CREATE DATABASE IF NOT EXISTS app")
+    db1.query("CREATE TABLE IF NOT EXISTS app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64)) ENGINE=InnoDB")
+    token = f"row-{time.time_ns()}"
+    db1.query("INSERT INTO app.t (v) VALUES (%s)", (token,))
+    for name in ("db2", "db3"):
+        wait_for(lambda n=name: mariadb_servers[n].query("SELECT COUNT(*) AS c FROM app.t WHERE v=%s", (token,))
+                 [0]["c"] == 1 if mariadb_servers[n].query("SHOW DATABASES LIKE 'app'") else False,
+                 what=f"row on {name}")
+
+
+def test_every_binlog_dump_thread_is_encrypted(topology, mariadb_servers):
+    rows = mariadb_servers["db1"].query(
+        "SELECT t.PROCESSLIST_ID AS id, s.VARIABLE_VALUE AS cipher FROM performance_schema.threads t "
+        "LEFT JOIN performance_schema.status_by_thread s ON s.THREAD_ID = t.THREAD_ID "
+        "AND s.VARIABLE_NAME = 'Ssl_cipher' WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%'")
+    assert len(rows) == 2, rows
+    assert all(r["cipher"] for r in rows), rows
+
+
+def test_replication_user_refused_without_tls_and_without_client_cert(topology, mariadb_servers):
+    db1 = mariadb_servers["db1"]
+    with pytest.raises(pymysql.err.OperationalError) as no_tls:
+        repl_connect(db1, ssl_disabled=True)
+    assert no_tls.value.args[0] == 1045
+    ca = str(db1.root / "tls" / "ca.crt")
+    # REQUIRE X509: TLS verified, but no client certificate
+    with pytest.raises(pymysql.err.OperationalError) as no_cert:
+        repl_connect(db1, ssl={"ca": ca}, ssl_verify_cert=True)
+    assert no_cert.value.args[0] == 1045
+    # with db2's client certificate it gets in
+    db2_tls = mariadb_servers["db2"].root / "tls"
+    conn = repl_connect(db1, ssl={"ca": ca, "cert": str(db2_tls / "server.crt"), "key": str(db2_tls / "server.key")},
+                        ssl_verify_cert=True, ssl_verify_identity=True)
+    with conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        assert cur.fetchone()[1]
+    conn.close()
+
+
+def test_replica_refuses_a_master_whose_certificate_names_another_host(topology, mariadb_servers):
+    db1, db2, db3 = (mariadb_servers[n] for n in NAMES)
+    tls1, tls3 = db1.root / "tls", db3.root / "tls"
+    saved = {f: (tls1 / f).read_bytes() for f in ("server.crt", "server.key")}
+    try:
+        # db1 now presents db3's certificate (valid, same CA, but for 127.0.0.13 only)
+        for f in ("server.crt", "server.key"):
+            (tls1 / f).write_bytes((tls3 / f).read_bytes())
+        db1.query("FLUSH NO_WRITE_TO_BINLOG SSL")
+        db2.query("STOP SLAVE")
+        db2.query("START SLAVE")
+        rs = wait_for(lambda: (lambda r: r if r["Last_IO_Errno"] else None)(replica_status(db2)),
+                      what="IO error on db2")
+        assert rs["Slave_IO_Running"] != "Yes"
+        assert re.search(r"certificate|SSL|verif", rs["Last_IO_Error"], re.I), rs["Last_IO_Error"]
+    finally:
+        for f, data in saved.items():
+            (tls1 / f).write_bytes(data)
+        db1.query("FLUSH NO_WRITE_TO_BINLOG SSL")
+        db2.query("STOP SLAVE")
+        db2.query("START SLAVE")
+    wait_for(lambda: replica_status(db2)["Slave_IO_Running"] == "Yes", what="db2 reconnects")
+
+
+def test_second_run_changes_nothing_and_keeps_servers_untouched(topology, mariadb_servers, salt_cli):
+    before = {n: (s.pid(), s.query("SHOW GLOBAL STATUS LIKE 'Uptime'")[0]["Value"],
+                  s.query("SELECT @@gtid_binlog_state AS g")[0]["g"]) for n, s in mariadb_servers.items()}
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+    assert changes_of(ret) == {n: {} for n in NAMES}, ret
+    for name, srv in mariadb_servers.items():
+        pid, uptime, gtid = before[name]
+        assert srv.pid() == pid
+        assert int(srv.query("SHOW GLOBAL STATUS LIKE 'Uptime'")[0]["Value"]) >= int(uptime)
+        assert srv.query("SELECT @@gtid_binlog_state AS g")[0]["g"] == gtid, name
+
+
+def test_drift_is_listed_by_test_run_fixed_by_real_run(topology, mariadb_servers, salt_cli):
+    db1, db2, db3 = (mariadb_servers[n] for n in NAMES)
+    db2.query("STOP SLAVE")
+    db2.query("CHANGE MASTER TO MASTER_SSL_VERIFY_SERVER_CERT=0")
+    db2.query("START SLAVE")
+    db1.query("SET SESSION sql_log_bin=0")
+    conn = db1.connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin=0")
+        cur.execute("ALTER USER 'repl'@'%' REQUIRE NONE")
+    conn.close()
+    os.chmod(db3.root / "tls" / "server.key", 0o644)
+    dropin = db2.conf_d / "60-mysqlrepl.cnf"
+    dropin.write_text(dropin.read_text().replace("sync_binlog = 1", "sync_binlog = 0"))
+
+    ret = apply(salt_cli, test=True)
+    drift = changes_of(ret)
+    assert drift["db1"] == {"mysqlrepl-users": {"db1": {"require": {"old": "NONE", "new": "X509"}}}}, drift
+    assert set(drift["db2"]) == {"mysqlrepl-server", "mysqlrepl-replication"}, drift
+    assert drift["db2"]["mysqlrepl-server"] == {"db2": {"config_file": f"{dropin} differs"}}, drift
+    assert drift["db2"]["mysqlrepl-replication"] == {
+        "db2": {"ssl_verify_server_cert": {"old": "No", "new": "Yes"}}}, drift
+    assert drift["db3"] == {"mysqlrepl-csr": {"db3": {"server.key": "mode 0644 / owner wrong (want 0600 mysql)"}}}, drift
+    # test=True changed nothing
+    assert stat.S_IMODE((db3.root / "tls" / "server.key").stat().st_mode) == 0o644
+    assert replica_status(db2)["Master_SSL_Verify_Server_Cert"] == "No"
+
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+    assert replica_status(db2)["Master_SSL_Verify_Server_Cert"] == "Yes"
+    assert stat.S_IMODE((db3.root / "tls" / "server.key").stat().st_mode) == 0o600
+    assert "sync_binlog = 1" in dropin.read_text()
+    assert db1.query("SELECT ssl_type FROM mysql.user WHERE User='repl'")[0]["ssl_type"] == "X509"
+
+    ret = apply(salt_cli)
+    assert changes_of(ret) == {n: {} for n in NAMES}, ret
+
+
+def test_key_modes_and_ca_key_only_on_ca_minion(topology, mariadb_servers, harness_root):
+    ca_key = mariadb_servers["db1"].root / "pki" / "mysql" / "mysql_ca_cert.key"
+    assert stat.S_IMODE(ca_key.stat().st_mode) == 0o600
+    for srv in mariadb_servers.values():
+        key = srv.root / "tls" / "server.key"
+        st = key.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == __import__("pwd").getpwnam("mysql").pw_uid
+    # a distinctive line of the CA key, searched in every minion's and the master's tree
+    needle = ca_key.read_text().splitlines()[5].encode()
+    hits = _grep_tree(harness_root, needle)
+    db1_tree = (mariadb_servers["db1"].root, harness_root / "salt" / "db1")
+    assert hits and all(any(str(h).startswith(str(t)) for t in db1_tree) for h in hits), hits
+    assert hits == [ca_key], hits
+
+
+def _grep_tree(root, needle):
+    hits = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = pathlib.Path(dirpath) / name
+            if path.is_socket() or not path.is_file():
+                continue
+            try:
+                if needle in path.read_bytes():
+                    hits.append(path)
+            except OSError:
+                pass
+    return hits
