@@ -101,14 +101,11 @@ def connect_tls(host, port, user, password, ca_file, cert_file=None, key_file=No
     """TCP connection with TLS verified against ``ca_file``."""
     if not HAS_PYMYSQL:
         raise CommandExecutionError("PyMySQL is not installed on this minion")
-    ssl = {"ca": ca_file, "check_hostname": verify_identity}
-    if cert_file:
-        ssl["cert"] = cert_file
-        ssl["key"] = key_file
+    # PyMySQL: any ssl_* keyword replaces a whole ``ssl`` dict, so use only keywords
     return _connect(
         f"{host}:{port}", host=host, port=int(port), user=user, password=password,
-        ssl=ssl, ssl_verify_cert=True, ssl_verify_identity=verify_identity,
-        connect_timeout=connect_timeout, autocommit=True,
+        ssl_ca=ca_file, ssl_cert=cert_file, ssl_key=key_file, ssl_verify_cert=True,
+        ssl_verify_identity=verify_identity, connect_timeout=connect_timeout, autocommit=True,
     )
 
 

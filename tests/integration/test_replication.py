@@ -206,15 +206,15 @@ def test_replication_user_refused_without_tls_and_without_client_cert(topology, 
     db1 = mariadb_servers["db1"]
     with pytest.raises(pymysql.err.OperationalError) as no_tls:
         repl_connect(db1, ssl_disabled=True)
-    assert no_tls.value.args[0] == 1045
+    assert no_tls.value.args[0] == 1045, no_tls.value.args
     ca = str(db1.root / "tls" / "ca.crt")
     # REQUIRE X509: TLS verified, but no client certificate
     with pytest.raises(pymysql.err.OperationalError) as no_cert:
-        repl_connect(db1, ssl={"ca": ca}, ssl_verify_cert=True)
-    assert no_cert.value.args[0] == 1045
+        repl_connect(db1, ssl_ca=ca, ssl_verify_cert=True)
+    assert no_cert.value.args[0] == 1045, no_cert.value.args
     # with db2's client certificate it gets in
     db2_tls = mariadb_servers["db2"].root / "tls"
-    conn = repl_connect(db1, ssl={"ca": ca, "cert": str(db2_tls / "server.crt"), "key": str(db2_tls / "server.key")},
+    conn = repl_connect(db1, ssl_ca=ca, ssl_cert=str(db2_tls / "server.crt"), ssl_key=str(db2_tls / "server.key"),
                         ssl_verify_cert=True, ssl_verify_identity=True)
     with conn.cursor() as cur:
         cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
@@ -279,8 +279,11 @@ def test_drift_is_listed_by_test_run_fixed_by_real_run(topology, mariadb_servers
     assert drift["db1"] == {"mysqlrepl-users": {"db1": {"require": {"old": "NONE", "new": "X509"}}}}, drift
     assert set(drift["db2"]) == {"mysqlrepl-server", "mysqlrepl-replication"}, drift
     assert drift["db2"]["mysqlrepl-server"] == {"db2": {"config_file": f"{dropin} differs"}}, drift
+    # a hand-typed CHANGE MASTER also resets the heartbeat to its default
+    # (slave_net_timeout / 2): that is real drift too
     assert drift["db2"]["mysqlrepl-replication"] == {
-        "db2": {"ssl_verify_server_cert": {"old": "No", "new": "Yes"}}}, drift
+        "db2": {"ssl_verify_server_cert": {"old": "No", "new": "Yes"},
+                "heartbeat_period": {"old": 30.0, "new": 1}}}, drift
     assert drift["db3"] == {"mysqlrepl-csr": {"db3": {"server.key": "mode 0644 / owner wrong (want 0600 mysql)"}}}, drift
     # test=True changed nothing
     assert stat.S_IMODE((db3.root / "tls" / "server.key").stat().st_mode) == 0o644
