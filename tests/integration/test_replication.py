@@ -10,152 +10,15 @@ import os
 import pathlib
 import re
 import stat
-import subprocess
-import threading
 import time
 
 import pymysql
 import pytest
 
+from tests.support.topology import (NAMES, PASSWORD, all_ok, apply, changes_of, orch_failures,
+                                    repl_connect, replica_status, wait_for)
+
 pytestmark = [pytest.mark.integration]
-
-PASSWORD = "Repl-pw_7f3a9c1e5d"
-ADMIN_PASSWORD = "Adm1n-pw_c0ffee42"
-NAMES = ("db1", "db2", "db3")
-
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-
-def build_pillar(servers, harness_root, **overrides):
-    """The topology pillar for the three test servers."""
-    repl = {"user": "repl", "password": PASSWORD, "require": "x509", "connect_retry": 1,
-            "heartbeat_period": 1, "wait_timeout": 30}
-    repl.update(overrides.pop("replication", {}))
-    data = {
-        "topology": "test",
-        "master": "db1",
-        "restart_allowed": True,
-        "ca": {"minion": "db1", "ca_name": "mysql", "cacert_path": str(servers["db1"].root / "pki"),
-               "bits": 2048, "days": 730, "CN": "db1-masterdb.test.wpdn", "O": "W3C",
-               "OU": "WebPlatform Docs", "emailAddress": "ops@example.org"},
-        "tls": {"subject": {"O": "W3C", "OU": "WebPlatform Docs"}},
-        "replication": repl,
-        "seed": {"port": 24444, "timeout": 600},
-        "servers": {},
-    }
-    for name, srv in servers.items():
-        data["servers"][name] = {
-            "address": srv.address,
-            "port": srv.port,
-            "server_id": srv.server_id,
-            "datadir": str(srv.datadir),
-            "socket": str(srv.socket),
-            "config_file": str(srv.conf_d / "60-mysqlrepl.cnf"),
-            "tls_dir": str(srv.root / "tls"),
-            "service": srv.service_name,
-            "os_user": srv.os_user,
-            "settings": {"innodb_buffer_pool_size": "32M"},
-        }
-    for key, value in overrides.items():
-        data[key] = value
-    return {"mysqlrepl": data}
-
-
-def state_returns(ret):
-    """{minion: [state dicts]} from a `salt state.apply` CLI return; asserts every minion answered."""
-    assert isinstance(ret.data, dict), ret
-    out = {}
-    for minion, states in ret.data.items():
-        assert isinstance(states, dict), f"{minion}: {states}"
-        out[minion] = sorted(states.values(), key=lambda s: s.get("__run_num__", 0))
-    return out
-
-
-def changes_of(ret):
-    return {m: {s["__id__"]: s["changes"] for s in states if s["changes"]}
-            for m, states in state_returns(ret).items()}
-
-
-def all_ok(ret):
-    bad = {m: [(s["__id__"], s["comment"]) for s in states if s["result"] is not True]
-           for m, states in state_returns(ret).items()}
-    return {m: b for m, b in bad.items() if b}
-
-
-def apply(salt_cli, sls="mysqlrepl", test=False, minions=NAMES):
-    args = ["-L", "state.apply", sls]
-    if test:
-        args.append("test=True")
-    ret = salt_cli.run(*args, minion_tgt=",".join(minions))
-    assert set(ret.data or {}) == set(minions), ret
-    return ret
-
-
-def wait_for(predicate, timeout=30, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def replica_status(server):
-    rows = server.query("SHOW SLAVE STATUS")
-    return rows[0] if rows else None
-
-
-def fingerprint(servers):
-    """What must not change when a run is refused: files, uptime, GTID state, replication."""
-    out = {}
-    for name, srv in servers.items():
-        files = {}
-        for path in sorted((srv.root / "tls").glob("*")) + [srv.conf_d / "60-mysqlrepl.cnf"]:
-            if path.exists():
-                st = path.stat()
-                files[path.name] = (st.st_mtime_ns, stat.S_IMODE(st.st_mode), path.read_bytes())
-        row = srv.query("SELECT @@gtid_binlog_state AS g, @@read_only AS ro")[0]
-        uptime = srv.query("SHOW GLOBAL STATUS LIKE 'Uptime'")[0]["Value"]
-        rs = replica_status(srv) or {}
-        out[name] = (files, row["g"], row["ro"], int(uptime) // 3600 and None,
-                     srv.pid(), rs.get("Master_Host"), rs.get("Master_SSL_Verify_Server_Cert"))
-    return out
-
-
-def repl_connect(server, **kw):
-    return pymysql.connect(host=server.address, port=server.port, user="repl", password=PASSWORD,
-                           connect_timeout=5, **kw)
-
-
-# ---------------------------------------------------------------------------
-# fixtures
-# ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def topology(mariadb_servers, harness_root, write_pillar, salt_run_cli, salt_minions):
-    """Bring the topology up with the setup orchestration (once for the module)."""
-    for srv in mariadb_servers.values():
-        # an admin login for the wrong-password test; created before the formula runs
-        srv.query("CREATE USER IF NOT EXISTS 'opadmin'@'localhost' IDENTIFIED BY %s", (ADMIN_PASSWORD,))
-        srv.query("GRANT ALL ON *.* TO 'opadmin'@'localhost' WITH GRANT OPTION")
-    pillar = build_pillar(mariadb_servers, harness_root)
-    write_pillar(pillar)
-    started = time.monotonic()
-    ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
-    elapsed = time.monotonic() - started
-    return {"pillar": pillar, "setup_ret": ret, "setup_s": elapsed}
-
-
-def _orch_failures(ret):
-    data = ret.data
-    assert isinstance(data, dict), ret
-    states = data.get("data", data)
-    states = next(iter(states.values())) if len(states) == 1 and isinstance(next(iter(states.values())), dict) \
-        and all(isinstance(v, dict) for v in next(iter(states.values())).values()) else states
-    return {k: v.get("comment") for k, v in states.items() if isinstance(v, dict) and v.get("result") is not True}
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +28,7 @@ def _orch_failures(ret):
 def test_setup_orchestration_brings_up_tls_replication(topology, mariadb_servers):
     ret = topology["setup_ret"]
     assert ret.returncode == 0, ret
-    assert _orch_failures(ret) == {}, ret
+    assert orch_failures(ret) == {}, ret
     db1, db2, db3 = (mariadb_servers[n] for n in NAMES)
     for srv in (db1, db2, db3):
         assert srv.query("SELECT @@have_ssl AS v")[0]["v"] == "YES"

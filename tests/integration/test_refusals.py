@@ -1,0 +1,153 @@
+"""
+Refused runs: a bad pillar, a wrong admin password, an unreachable server, a
+restart pillar does not allow. Each is a failed state with a clear comment,
+and nothing changes on any server.
+"""
+
+import copy
+
+import pytest
+
+from tests.support.topology import ADMIN_PASSWORD, NAMES, all_ok, apply, changes_of, fingerprint, state_returns, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def restore_pillar(topology, write_pillar, salt_cli):
+    """Put the session's pillar back and converge to it."""
+    yield
+    write_pillar(topology["pillar"])
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+
+
+def _variant(topology, mutate):
+    pillar = copy.deepcopy(topology["pillar"])
+    mutate(pillar["mysqlrepl"])
+    return pillar
+
+
+def _preflight_comments(ret):
+    return {m: next(s["comment"] for s in states if s["__id__"] == "mysqlrepl-preflight")
+            for m, states in state_returns(ret).items()}
+
+
+def _drop(*path):
+    def mutate(tree):
+        node = tree
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+    return mutate
+
+
+def _set(path, value):
+    def mutate(tree):
+        node = tree
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return mutate
+
+
+BAD_PILLARS = [
+    (_drop("master"), "mysqlrepl:master: missing required key"),
+    (_drop("ca"), "mysqlrepl:ca: missing required key"),
+    (_drop("ca", "minion"), "mysqlrepl:ca:minion: missing required key"),
+    (_drop("replication"), "mysqlrepl:replication: missing required key"),
+    (_drop("replication", "password"), "mysqlrepl:replication:password: missing required key"),
+    (_drop("servers"), "mysqlrepl:servers: missing required key"),
+    (_drop("servers", "db2", "address"), "mysqlrepl:servers:db2:address: missing required key"),
+    (_set(("servers", "db1", "port"), "3306"), "mysqlrepl:servers:db1:port: must be an integer, got str"),
+    (_set(("master",), "db9"), "mysqlrepl:master: unknown server 'db9'"),
+    (_set(("servers", "db2", "server_id"), 11), "mysqlrepl:servers:db2:server_id: server_id 11 collides with server db1"),
+]
+
+
+def test_bad_pillar_fails_every_state_naming_the_key_and_changes_nothing(
+        topology, mariadb_servers, write_pillar, salt_cli, restore_pillar):
+    before = fingerprint(mariadb_servers)
+    for index, (mutate, expected) in enumerate(BAD_PILLARS):
+        write_pillar(_variant(topology, mutate))
+        for test in ((True, False) if index == 0 else (False,)):
+            ret = apply(salt_cli, test=test)
+            for minion, comment in _preflight_comments(ret).items():
+                assert comment.startswith(f"invalid pillar: {expected}"), (minion, comment)
+            for minion, states in state_returns(ret).items():
+                assert all(s["result"] is False for s in states), (expected, minion, states)
+                assert all(not s["changes"] for s in states), (expected, minion, states)
+    assert fingerprint(mariadb_servers) == before
+
+
+def test_wrong_admin_password_fails_that_server_only(topology, mariadb_servers, write_pillar, salt_cli,
+                                                     restore_pillar):
+    before = fingerprint(mariadb_servers)
+    write_pillar(_variant(topology, _set(("servers", "db2", "connection"),
+                                         {"user": "opadmin", "password": ADMIN_PASSWORD + "-wrong"})))
+    ret = apply(salt_cli)
+    comments = _preflight_comments(ret)
+    assert comments["db2"].startswith("db2: cannot connect to db2 (socket ")
+    assert "1045: Access denied for user 'opadmin'@'localhost'" in comments["db2"], comments
+    assert ADMIN_PASSWORD not in ret.stdout
+    assert all(s["result"] is False and not s["changes"] for s in state_returns(ret)["db2"])
+    assert all_ok(ret).keys() == {"db2"}
+    assert changes_of(ret) == {n: {} for n in NAMES}
+    assert fingerprint(mariadb_servers) == before
+    # the right password works (the option is honoured, not ignored)
+    write_pillar(_variant(topology, _set(("servers", "db2", "connection"),
+                                         {"user": "opadmin", "password": ADMIN_PASSWORD})))
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+
+
+def test_unreachable_server_fails_cleanly(topology, mariadb_servers, salt_cli):
+    db3 = mariadb_servers["db3"]
+    db3.stop()
+    try:
+        ret = apply(salt_cli)
+        comments = _preflight_comments(ret)
+        assert comments["db3"].startswith("db3: cannot connect to db3 (socket ")
+        assert "No such file" in comments["db3"] or "2002" in comments["db3"] or "Errno" in comments["db3"], comments
+        assert all(s["result"] is False and not s["changes"] for s in state_returns(ret)["db3"])
+        assert changes_of(ret) == {n: {} for n in NAMES}
+        assert all_ok(ret).keys() == {"db3"}
+    finally:
+        db3.start()
+    wait_for(lambda: (db3.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_IO_Running") == "Yes",
+             what="db3 replicating again")
+
+
+def test_restart_only_when_pillar_allows(topology, mariadb_servers, write_pillar, salt_cli, restore_pillar):
+    db2 = mariadb_servers["db2"]
+    before = fingerprint(mariadb_servers)
+
+    def with_back_log(allowed):
+        def mutate(tree):
+            tree["restart_allowed"] = allowed
+            tree["servers"]["db2"]["settings"]["back_log"] = 91
+        return mutate
+
+    write_pillar(_variant(topology, with_back_log(False)))
+    for test in (True, False):
+        ret = apply(salt_cli, test=test)
+        server_state = next(s for s in state_returns(ret)["db2"] if s["__id__"] == "mysqlrepl-server")
+        assert server_state["result"] is False
+        assert "needs a restart for back_log but restart_allowed is false" in server_state["comment"]
+        assert "nothing changed" in server_state["comment"]
+    assert fingerprint(mariadb_servers) == before
+
+    write_pillar(_variant(topology, with_back_log(True)))
+    ret = apply(salt_cli, test=True)
+    assert changes_of(ret)["db2"]["mysqlrepl-server"] == {
+        "db2": {"config_file": f"{db2.conf_d / '60-mysqlrepl.cnf'} differs", "restart": "needed for back_log"}}
+    assert fingerprint(mariadb_servers) == before
+    pid = db2.pid()
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+    assert db2.pid() != pid
+    assert db2.query("SELECT @@back_log AS v")[0]["v"] == 91
+    # restarted, it came back read-only and replicating
+    assert db2.query("SELECT @@read_only AS v")[0]["v"] == 1
+    ret = apply(salt_cli)
+    assert changes_of(ret) == {n: {} for n in NAMES}, ret
