@@ -1,0 +1,89 @@
+"""
+The replication password appears nowhere: state output, master/minion logs at
+debug level, the job cache, the event bus, any process's argv or environment
+sampled during the setup run, the servers' general logs, binary and relay logs.
+
+Not searched, by design: the pillar source file, the master's minion data cache
+(Salt's own pillar store) and MariaDB's master.info in the (0700) datadir, which
+keeps the replication password in clear (a MariaDB fact, see README).
+"""
+
+import os
+import pathlib
+import stat
+
+import pytest
+
+from tests.support.topology import NAMES, PASSWORD, apply, orch_failures
+
+pytestmark = [pytest.mark.integration]
+
+NEEDLE = PASSWORD.encode()
+
+
+def _files_with_needle(paths):
+    hits = []
+    for path in paths:
+        try:
+            if NEEDLE in pathlib.Path(path).read_bytes():
+                hits.append(str(path))
+        except OSError:
+            pass
+    return hits
+
+
+def _walk(root, predicate=lambda p: True):
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = pathlib.Path(dirpath) / name
+            if path.is_file() and not path.is_symlink() and predicate(path):
+                yield path
+
+
+def test_setup_run_put_the_password_in_no_argv_environ_or_event(topology):
+    assert orch_failures(topology["setup_ret"]) == {}
+    assert topology["proc_samples"] > 50, topology["proc_samples"]
+    assert topology["proc_hits"] == []
+    assert topology["events"], "the event listener saw no event: the check would prove nothing"
+    assert NEEDLE.decode() not in repr(topology["events"])
+    assert PASSWORD not in topology["setup_ret"].stdout + topology["setup_ret"].stderr
+
+
+def test_state_output_does_not_show_the_password(topology, salt_cli):
+    for test in (True, False):
+        ret = apply(salt_cli, test=test)
+        assert PASSWORD not in ret.stdout + ret.stderr
+    ret = salt_cli.run("-L", "mysqlrepl.settings", minion_tgt=",".join(NAMES))
+    assert ret.data and PASSWORD not in ret.stdout
+
+
+def test_logs_and_job_cache_do_not_hold_the_password(topology, salt_master, salt_minions):
+    roots = [pathlib.Path(salt_master.config["root_dir"])] + [pathlib.Path(m.config["root_dir"]) for m in salt_minions.values()]
+    assert salt_master.config["log_level_logfile"] == "debug"
+    logs = [p for root in roots for p in _walk(root, lambda p: p.suffix == ".log" or "log" in p.parts)]
+    assert logs, roots
+    assert _files_with_needle(logs) == []
+    job_cache = pathlib.Path(salt_master.config["cachedir"]) / "jobs"
+    jobs = list(_walk(job_cache))
+    assert jobs, "empty job cache: the check would prove nothing"
+    assert _files_with_needle(jobs) == []
+    minion_caches = [p for m in salt_minions.values() for p in _walk(pathlib.Path(m.config["cachedir"]))
+                     if "extmods" not in p.parts]
+    assert _files_with_needle(minion_caches) == []
+
+
+def test_server_logs_do_not_hold_the_password(topology, mariadb_servers):
+    for name, srv in mariadb_servers.items():
+        assert srv.general_log.exists() and srv.general_log.stat().st_size > 0
+        binlogs = [p for p in srv.datadir.iterdir() if p.name.startswith(("mysql-bin.", "relay-bin."))]
+        assert binlogs, name
+        assert _files_with_needle([srv.general_log, srv.error_log] + binlogs) == [], name
+        # the replication account really was created and used: the hash is there, not the text
+        assert srv.query("SELECT COUNT(*) AS c FROM mysql.user WHERE User='repl'")[0]["c"] == 1
+
+
+def test_datadir_stays_private(topology, mariadb_servers):
+    # MariaDB keeps the replication password in master.info: the datadir must stay 0700
+    for name in ("db2", "db3"):
+        srv = mariadb_servers[name]
+        assert stat.S_IMODE(srv.datadir.stat().st_mode) & 0o077 == 0, name

@@ -1,0 +1,181 @@
+"""
+Seeding under load, the seed-002 lock/dump/unlock procedure, and REQUIRE SUBJECT.
+"""
+
+import copy
+import threading
+import time
+
+import pymysql
+import pytest
+
+from tests.support.topology import (NAMES, all_ok, apply, changes_of, orch_failures, repl_connect,
+                                    replica_status, wait_for)
+
+pytestmark = [pytest.mark.integration]
+
+
+class Writer(threading.Thread):
+    """Commits a sequence number every 2 ms (at most) alternately into an InnoDB and an Aria table."""
+
+    def __init__(self, server, interval=0.002):
+        super().__init__(daemon=True)
+        self.server = server
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.acked = {"load_innodb": [], "load_aria": []}
+        self.errors = []
+
+    def run(self):
+        conn = self.server.connect(autocommit=True)
+        seq = 0
+        with conn.cursor() as cur:
+            while not self.stop_event.is_set():
+                seq += 1
+                table = "load_innodb" if seq % 2 else "load_aria"
+                t0 = time.monotonic()
+                try:
+                    cur.execute(f"INSERT INTO app.{table} (seq, payload) VALUES (%s, REPEAT('x', 200))", (seq,))
+                    self.acked[table].append(seq)
+                except pymysql.err.MySQLError as exc:
+                    self.errors.append((seq, exc))
+                # one commit per interval at most; a slow commit is not followed by a sleep
+                time.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
+        conn.close()
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(10)
+
+
+def test_seed_under_load_keeps_every_row_once_and_takes_no_global_read_lock(
+        topology, mariadb_servers, salt_run_cli):
+    db1, db3 = mariadb_servers["db1"], mariadb_servers["db3"]
+    db1.query("CREATE DATABASE IF NOT EXISTS app")
+    db1.query("CREATE TABLE IF NOT EXISTS app.load_innodb (id INT AUTO_INCREMENT PRIMARY KEY, seq INT NOT NULL, "
+              "payload VARCHAR(255)) ENGINE=InnoDB")
+    db1.query("CREATE TABLE IF NOT EXISTS app.load_aria (id INT AUTO_INCREMENT PRIMARY KEY, seq INT NOT NULL, "
+              "payload VARCHAR(255)) ENGINE=Aria")
+    # some bulk so the copy takes a moment
+    db1.query("CREATE TABLE IF NOT EXISTS app.bulk (id INT AUTO_INCREMENT PRIMARY KEY, b VARCHAR(1000)) ENGINE=InnoDB")
+    db1.query("INSERT INTO app.bulk (b) SELECT REPEAT('b', 1000) FROM app.seq_1_to_20000")
+    log_offset = db1.general_log.stat().st_size
+    old_pid = db3.pid()
+    writer = Writer(db1)
+    writer.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    ret = salt_run_cli.run("mysqlrepl.seed", "replica=db3", "force=True")
+    seed_s = time.monotonic() - started
+    time.sleep(0.5)
+    writer.stop()
+    assert ret.returncode == 0, ret
+    assert ret.data["result"] is True, ret.data
+    assert set(ret.data["seeded"]) == {"db3"}, ret.data
+    assert db3.pid() != old_pid, "db3 was not restarted on a new datadir"
+    assert writer.errors == []
+    rate = (len(writer.acked["load_innodb"]) + len(writer.acked["load_aria"])) / (seed_s + 1.0)
+    assert rate >= 200, f"writer only managed {rate:.0f} rows/s"
+
+    pos = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    assert db3.query("SELECT MASTER_GTID_WAIT(%s, 60) AS r", (pos,))[0]["r"] == 0
+    for table, acked in writer.acked.items():
+        rows = db3.query(f"SELECT seq, COUNT(*) AS n FROM app.{table} GROUP BY seq")
+        got = {r["seq"]: r["n"] for r in rows}
+        assert set(got) == set(acked), f"{table}: missing {sorted(set(acked) - set(got))[:5]} extra {sorted(set(got) - set(acked))[:5]}"
+        assert max(got.values()) == 1, f"{table}: duplicated rows"
+        c1 = db1.query(f"CHECKSUM TABLE app.{table}")[0]["Checksum"]
+        c3 = db3.query(f"CHECKSUM TABLE app.{table}")[0]["Checksum"]
+        assert c1 == c3, table
+    log = db1.general_log.read_bytes()[log_offset:].decode(errors="replace")
+    assert "BACKUP STAGE BLOCK_COMMIT" in log, "the general log did not see the backup"
+    assert "FLUSH TABLES WITH READ LOCK" not in log.upper()
+    rs = replica_status(db3)
+    assert rs["Slave_IO_Running"] == "Yes" and rs["Master_SSL_Verify_Server_Cert"] == "Yes"
+
+
+def test_seed_skips_replicas_that_already_replicate(topology, salt_run_cli):
+    ret = salt_run_cli.run("mysqlrepl.seed")
+    assert ret.returncode == 0, ret
+    assert ret.data["result"] is True and ret.data["seeded"] == {}, ret.data
+    assert set(ret.data["skipped"]) == {"db2", "db3"}
+
+
+def test_lock_is_held_across_calls_and_released_by_unlock_or_lease(topology, mariadb_servers, salt_cli, tmp_path):
+    db1 = mariadb_servers["db1"]
+    db1.query("CREATE DATABASE IF NOT EXISTS app")
+    db1.query("CREATE TABLE IF NOT EXISTS app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64))")
+    ret = salt_cli.run("mysqlrepl.lock", "lease=30", minion_tgt="db1")
+    info = ret.data
+    assert isinstance(info, dict) and info["conn_id"], ret
+    assert info["gtid"] == db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    # the Salt call has returned, the lock is still held: a write waits
+    blocked = threading.Event()
+    done = threading.Event()
+
+    def write():
+        conn = db1.connect(autocommit=True)
+        blocked.set()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO app.t (v) VALUES ('during-lock')")
+        done.set()
+        conn.close()
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    blocked.wait(5)
+    assert not done.wait(1.5), "a write went through while mysqlrepl.lock held the read lock"
+    ret = salt_cli.run("mysqlrepl.lock", "lease=30", minion_tgt="db1")
+    assert "already locked" in str(ret.data) or ret.returncode != 0, ret
+    ret = salt_cli.run("mysqlrepl.unlock", minion_tgt="db1")
+    assert ret.data["unlocked"] is True, ret
+    assert done.wait(10), "unlock did not release the write"
+    # a lease nobody releases runs out by itself (the server drops the idle holder)
+    ret = salt_cli.run("mysqlrepl.lock", "lease=5", minion_tgt="db1")
+    conn_id = ret.data["conn_id"]
+    wait_for(lambda: not db1.query("SELECT ID FROM information_schema.PROCESSLIST WHERE ID=%s", (conn_id,)),
+             timeout=20, what="lease expiry")
+    db1.query("INSERT INTO app.t (v) VALUES ('after-lease')")
+    ret = salt_cli.run("mysqlrepl.unlock", minion_tgt="db1")
+    assert ret.data["unlocked"] is False
+
+
+def test_dump_writes_a_private_file_with_the_gtid_position(topology, mariadb_servers, salt_cli, harness_root):
+    path = mariadb_servers["db1"].root / "dump.sql"
+    ret = salt_cli.run("mysqlrepl.dump", str(path), "databases=app", minion_tgt="db1")
+    assert ret.data["bytes"] > 0, ret
+    assert (path.stat().st_mode & 0o777) == 0o600
+    text = path.read_text()
+    assert "gtid_slave_pos" in text and "CREATE TABLE `t`" in text
+
+
+def test_require_subject_pins_the_replication_account(topology, mariadb_servers, write_pillar, salt_run_cli,
+                                                       salt_cli):
+    subject = "/O=W3C/OU=WebPlatform Docs/CN=repl"
+    pillar = copy.deepcopy(topology["pillar"])
+    pillar["mysqlrepl"]["replication"].update(require="subject", subject=subject)
+    write_pillar(pillar)
+    try:
+        ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
+        assert orch_failures(ret) == {}, ret
+        db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+        row = db1.query("SELECT ssl_type, CAST(x509_subject AS CHAR) AS s FROM mysql.user WHERE User='repl'")[0]
+        assert (row["ssl_type"], row["s"]) == ("SPECIFIED", subject)
+        for name in ("db2", "db3"):
+            rs = replica_status(mariadb_servers[name])
+            assert rs["Slave_IO_Running"] == "Yes", rs
+            assert rs["Master_SSL_Cert"].endswith("/client.crt")
+        tls = db2.root / "tls"
+        ca = str(tls / "ca.crt")
+        # a certificate from the same CA with another subject (db2's server certificate) is refused
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            repl_connect(db1, ssl_ca=ca, ssl_cert=str(tls / "server.crt"), ssl_key=str(tls / "server.key"))
+        assert refused.value.args[0] == 1045, refused.value.args
+        repl_connect(db1, ssl_ca=ca, ssl_cert=str(tls / "client.crt"), ssl_key=str(tls / "client.key")).close()
+        ret = apply(salt_cli)
+        assert changes_of(ret) == {n: {} for n in NAMES}, ret
+    finally:
+        write_pillar(topology["pillar"])
+        ret = apply(salt_cli)
+        assert all_ok(ret) == {}, ret
+    assert replica_status(mariadb_servers["db2"])["Master_SSL_Cert"].endswith("/server.crt")
