@@ -6,10 +6,12 @@ the master (salt-run state.orchestrate / salt state.apply).
 The tests in this module run in file order and share one topology.
 """
 
+import copy
 import os
 import pathlib
 import re
 import stat
+import subprocess
 import time
 
 import pymysql
@@ -192,3 +194,38 @@ def _grep_tree(root, needle):
             except OSError:
                 pass
     return hits
+
+
+def test_certificates_are_renewed_before_expiry_without_restart(topology, mariadb_servers, write_pillar,
+                                                                salt_run_cli, salt_cli):
+    """With renew_days above what a certificate has left, every certificate is re-issued and
+    reloaded live (FLUSH NO_WRITE_TO_BINLOG SSL): no restart, no GTID minted, links stay verified."""
+    def serial(srv):
+        out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(srv.root / "tls" / "server.crt")],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    before = {n: (s.pid(), serial(s), s.query("SELECT @@gtid_binlog_state AS g")[0]["g"])
+              for n, s in mariadb_servers.items()}
+    pillar = copy.deepcopy(topology["pillar"])
+    pillar["mysqlrepl"]["tls"].update(cert_days=400, renew_days=399)
+    write_pillar(pillar)
+    try:
+        ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
+        assert orch_failures(ret) == {}, ret
+        for name, srv in mariadb_servers.items():
+            pid, old_serial, gtid = before[name]
+            assert srv.pid() == pid, f"{name} was restarted"
+            assert serial(srv) != old_serial, f"{name} kept its certificate"
+            assert srv.query("SELECT @@gtid_binlog_state AS g")[0]["g"] == gtid, name
+        # the server presents the new certificate
+        out = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.11:3306", "-starttls", "mysql",
+                              "-CAfile", str(mariadb_servers["db1"].root / "tls" / "ca.crt")],
+                             input="", capture_output=True, text=True, timeout=20)
+        served = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=out.stdout,
+                                capture_output=True, text=True)
+        assert served.stdout.strip() == serial(mariadb_servers["db1"]), out.stdout[-500:]
+        ret = apply(salt_cli)
+        assert changes_of(ret) == {n: {} for n in NAMES}, ret
+    finally:
+        write_pillar(topology["pillar"])

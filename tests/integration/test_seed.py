@@ -179,3 +179,25 @@ def test_require_subject_pins_the_replication_account(topology, mariadb_servers,
         ret = apply(salt_cli)
         assert all_ok(ret) == {}, ret
     assert replica_status(mariadb_servers["db2"])["Master_SSL_Cert"].endswith("/server.crt")
+
+
+def test_highstate_refuses_a_never_seeded_replica_and_the_runner_seeds_it(
+        topology, mariadb_servers, salt_cli, salt_run_cli):
+    db3 = mariadb_servers["db3"]
+    conn = db3.connect()
+    with conn.cursor() as cur:
+        for stmt in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL gtid_slave_pos = ''"):
+            cur.execute(stmt)
+    conn.close()
+    ret = apply(salt_cli)
+    assert all_ok(ret).keys() == {"db3"}, ret
+    state = next(s for s in ret.data["db3"].values() if s["__id__"] == "mysqlrepl-replication")
+    assert state["result"] is False and not state["changes"]
+    assert "db3 has never been seeded from db1" in state["comment"]
+    assert "mysqlrepl.orch.setup" in state["comment"]
+    assert replica_status(db3) is None
+    ret = salt_run_cli.run("mysqlrepl.seed")
+    assert ret.data["result"] is True and set(ret.data["seeded"]) == {"db3"}, ret.data
+    assert ret.data["skipped"] == {"db2": "already replicates from 127.0.0.11"}
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {} and changes_of(ret) == {n: {} for n in NAMES}, ret

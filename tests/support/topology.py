@@ -67,6 +67,7 @@ def all_ok(ret):
 
 
 def apply(salt_cli, sls="mysqlrepl", test=False, minions=NAMES):
+    """``state.apply`` on several minions (salt-factories unwraps single-minion returns: use two or more)."""
     args = ["-L", "state.apply", sls]
     if test:
         args.append("test=True")
