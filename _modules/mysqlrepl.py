@@ -863,7 +863,7 @@ def status(server=None):
         version = _version(conn)
         variables = _variables(conn, ["read_only", "have_ssl", "server_id", "log_bin",
                                       "log_slave_updates", "gtid_domain_id"])
-        gtid = _one(conn, _sql("GTID_STATE"))
+        gtid = _one(conn, _sql("gtid_state")(version))
         replica = _replica_status(conn, version)
         dumps = []
         try:
@@ -893,7 +893,7 @@ def gtid_position(server=None):
     srv = _server(server)
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
-        return _one(conn, _sql("GTID_BINLOG_POS"))["pos"]
+        return _one(conn, _sql("gtid_position")(_version(conn)))["pos"]
 
 
 def wait_for_gtid(pos, server=None, timeout=60):
@@ -911,7 +911,7 @@ def wait_for_gtid(pos, server=None, timeout=60):
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
         started = time.monotonic()
-        res = _one(conn, _sql("master_gtid_wait")(pos, timeout))["result"]
+        res = _one(conn, _sql("master_gtid_wait")(_version(conn), pos, timeout))["result"]
         if int(res) != 0:
             rs = _replica_status(conn) or {}
             raise CommandExecutionError(

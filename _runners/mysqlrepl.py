@@ -184,6 +184,8 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
             "gtid": outcome["receive"].get("gtid"),
             "bytes": outcome["receive"].get("bytes"),
             "timings": outcome["receive"].get("timings"),
+            # how long the master's commits were held (BACKUP STAGE), measured by the sender
+            "master_locks": outcome["send"].get("lock_info"),
             "catch_up_s": waited["seconds"],
             "total_s": round(time.monotonic() - started, 3),
         }

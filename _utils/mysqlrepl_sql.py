@@ -138,21 +138,37 @@ SLAVE_HEARTBEAT_PERIOD = ("SHOW GLOBAL STATUS LIKE 'Slave_heartbeat_period'", No
 SESSION_NO_BINLOG = ("SET SESSION sql_log_bin = 0", None)
 SESSION_NO_GENERAL_LOG = ("SET SESSION sql_log_off = 1", None)
 FLUSH_SSL = ("FLUSH NO_WRITE_TO_BINLOG SSL", None)
-GTID_BINLOG_POS = ("SELECT @@GLOBAL.gtid_binlog_pos AS pos", None)
-GTID_STATE = (
-    "SELECT @@GLOBAL.gtid_binlog_pos AS binlog_pos, @@GLOBAL.gtid_binlog_state AS binlog_state, "
-    "@@GLOBAL.gtid_slave_pos AS slave_pos, @@GLOBAL.gtid_current_pos AS current_pos",
-    None,
-)
+def gtid_position(version):
+    """The server's own GTID position: what a replica must reach to be caught up."""
+    if version.is_mariadb:
+        return ("SELECT @@GLOBAL.gtid_binlog_pos AS pos", None)
+    return ("SELECT @@GLOBAL.gtid_executed AS pos", None)
+
+
+def gtid_state(version):
+    """GTID positions under flavor-neutral names (MySQL has one executed set)."""
+    if version.is_mariadb:
+        return (
+            "SELECT @@GLOBAL.gtid_binlog_pos AS binlog_pos, @@GLOBAL.gtid_binlog_state AS binlog_state, "
+            "@@GLOBAL.gtid_slave_pos AS slave_pos, @@GLOBAL.gtid_current_pos AS current_pos",
+            None,
+        )
+    return (
+        "SELECT @@GLOBAL.gtid_executed AS binlog_pos, @@GLOBAL.gtid_executed AS binlog_state, "
+        "@@GLOBAL.gtid_executed AS slave_pos, @@GLOBAL.gtid_executed AS current_pos",
+        None,
+    )
 
 
 def set_gtid_slave_pos(pos):
     return ("SET GLOBAL gtid_slave_pos = %s", (pos,))
 
 
-def master_gtid_wait(pos, timeout):
-    """MariaDB: wait until the SQL thread has applied ``pos``; 0 = ok, -1 = timeout."""
-    return ("SELECT MASTER_GTID_WAIT(%s, %s) AS result", (pos, float(timeout)))
+def master_gtid_wait(version, pos, timeout):
+    """Wait until ``pos`` is applied; the result column is 0 when reached (else timeout)."""
+    if version.is_mariadb:
+        return ("SELECT MASTER_GTID_WAIT(%s, %s) AS result", (pos, float(timeout)))
+    return ("SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s) AS result", (pos, float(timeout)))
 
 
 def show_replica_status(version):
@@ -198,6 +214,21 @@ def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key
         sql += f", MASTER_USE_GTID = {'slave_pos' if use_gtid == 'slave_pos' else 'current_pos'}"
         if demote:
             sql += ", MASTER_DEMOTE_TO_SLAVE = 1"
+        return (sql, tuple(v for _, v in opts))
+    if version.number < (8, 0, 23):
+        # MySQL before 8.0.23: the MASTER_* spelling, auto-position for GTID
+        opts = [
+            ("MASTER_HOST", host), ("MASTER_PORT", int(port)),
+            ("MASTER_USER", user), ("MASTER_PASSWORD", password),
+            ("MASTER_SSL", 1), ("MASTER_SSL_CA", ssl_ca), ("MASTER_SSL_CAPATH", ""),
+            ("MASTER_SSL_CERT", ssl_cert), ("MASTER_SSL_KEY", ssl_key),
+            ("MASTER_SSL_CIPHER", ""), ("MASTER_SSL_CRL", ""), ("MASTER_SSL_CRLPATH", ""),
+            ("MASTER_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
+            ("MASTER_CONNECT_RETRY", int(connect_retry)),
+            ("MASTER_HEARTBEAT_PERIOD", float(heartbeat_period)),
+        ]
+        sql = "CHANGE MASTER TO " + ", ".join(f"{k} = %s" for k, _ in opts)
+        sql += ", MASTER_AUTO_POSITION = 1, GET_MASTER_PUBLIC_KEY = 1"
         return (sql, tuple(v for _, v in opts))
     # MySQL 8.0.23+ syntax
     opts = [

@@ -4,6 +4,7 @@ checked here as text only (README says so).
 """
 import hashlib
 import os
+import re
 import sys
 
 import pytest
@@ -108,3 +109,19 @@ def test_set_global_refuses_injection():
     with pytest.raises(ValueError):
         sql.set_global("x; DROP TABLE y", 1)
     assert sql.set_global("sync_binlog", 1) == ("SET GLOBAL sync_binlog = %s", (1,))
+
+
+def test_mysql_before_8_0_23_uses_master_spelling_with_auto_position():
+    stmt, args = sql.change_master(MYSQL8_OLD, "h", 3306, "repl", "pw", "/ca", "/crt", "/key")
+    assert stmt.startswith("CHANGE MASTER TO MASTER_HOST = %s")
+    assert "MASTER_AUTO_POSITION = 1" in stmt and "MASTER_USE_GTID" not in stmt
+    assert stmt.count("%s") == len(args)
+
+
+def test_gtid_reads_and_waits_per_flavor():
+    assert "gtid_binlog_pos" in sql.gtid_position(MARIADB)[0]
+    assert "gtid_executed" in sql.gtid_position(MYSQL8)[0]
+    assert sql.master_gtid_wait(MARIADB, "0-1-5", 3)[0].startswith("SELECT MASTER_GTID_WAIT(")
+    assert sql.master_gtid_wait(MYSQL8, "uuid:1-5", 3)[0].startswith("SELECT WAIT_FOR_EXECUTED_GTID_SET(")
+    aliases = [re.findall(r" AS (\w+)", sql.gtid_state(v)[0]) for v in (MARIADB, MYSQL8)]
+    assert aliases[0] == aliases[1] == ["binlog_pos", "binlog_state", "slave_pos", "current_pos"]
