@@ -318,6 +318,29 @@ def _cert_wanted(cfg, cert, info):
     return None
 
 
+def _csr_fits(cert, csr_pem, key_fp=None):
+    """Does a CSR ask for exactly the subject and names pillar gives (and, if given, this key)?"""
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    csr = tls("csr_info")(csr_pem)
+    return (csr["subject_str"] == tls("subject_string")(cert["cn"], cert["subject"])
+            and sorted(csr["san"]) == sorted(cert["san"])
+            and (key_fp is None or csr["public_key_sha256"] == key_fp))
+
+
+def _cert_problem(cfg, cert, pem, key_fp, ca_pem):
+    """Why a certificate cannot serve as ``cert`` (None when it can)."""
+    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
+    info = tls("cert_info")(pem)
+    why = _cert_wanted(cfg, cert, info)
+    if why:
+        return why
+    if info["public_key_sha256"] != key_fp:
+        return "does not match the key"
+    if not ca_pem or not tls("cert_signed_by")(pem, ca_pem):
+        return "not signed by the topology CA"
+    return None
+
+
 def sign_pending(test=False):
     """
     On the CA minion: sign the CSRs the topology's servers published to the mine
@@ -352,14 +375,14 @@ def sign_pending(test=False):
                 continue
             try:
                 csr = tls("csr_info")(csr_pem)
+                fits = _csr_fits(cert, csr_pem)
             except CommandExecutionError as exc:
                 result["refused"].append(f"{label}: {exc}")
                 continue
-            want_subject = tls("subject_string")(cert["cn"], cert["subject"])
-            if csr["subject_str"] != want_subject or sorted(csr["san"]) != sorted(cert["san"]):
+            if not fits:
                 result["refused"].append(
-                    f"{label}: CSR asks for {csr['subject_str']} / {', '.join(csr['san'])}, "
-                    f"pillar says {want_subject} / {', '.join(cert['san'])}"
+                    f"{label}: CSR asks for {csr['subject_str']} / {', '.join(csr['san'])}, pillar says "
+                    f"{tls('subject_string')(cert['cn'], cert['subject'])} / {', '.join(cert['san'])}"
                 )
                 continue
             path = _issued_path(cfg, name, cert["id"])
@@ -424,27 +447,18 @@ def _tls_problems(cfg, srv, published):
         if not status["mode_ok"] or not status["owner_ok"]:
             problems.append((f"{cert['id']}.key", f"mode {status['mode']} / owner wrong (want 0600 {srv['os_user']})"))
         csr_pem = _read(cert["csr"])
-        want_subject = tls("subject_string")(cert["cn"], cert["subject"])
         key_fp = tls("key_public_sha256")(cert["key"])
         if not csr_pem:
             problems.append((f"{cert['id']}.csr", "missing"))
-        else:
-            csr = tls("csr_info")(csr_pem)
-            if (csr["subject_str"] != want_subject or sorted(csr["san"]) != sorted(cert["san"])
-                    or csr["public_key_sha256"] != key_fp):
-                problems.append((f"{cert['id']}.csr", "does not match pillar or key"))
+        elif not _csr_fits(cert, csr_pem, key_fp):
+            problems.append((f"{cert['id']}.csr", "does not match pillar or key"))
         cert_pem = _read(cert["cert"])
         if not cert_pem:
             problems.append((f"{cert['id']}.crt", "missing"))
             continue
-        info = tls("cert_info")(cert_pem)
-        why = _cert_wanted(cfg, cert, info)
+        why = _cert_problem(cfg, cert, cert_pem, key_fp, ca_pem or installed_ca)
         if why:
             problems.append((f"{cert['id']}.crt", why))
-        elif info["public_key_sha256"] != key_fp:
-            problems.append((f"{cert['id']}.crt", "does not match the key"))
-        elif ca_pem and not tls("cert_signed_by")(cert_pem, ca_pem):
-            problems.append((f"{cert['id']}.crt", "not signed by the topology CA"))
     return problems
 
 
@@ -474,14 +488,9 @@ def csr_apply(server=None):
     for cert in srv["certs"]:
         if tls("create_private_key")(cert["key"], bits=cfg["tls"]["bits"], uid=uid, gid=gid):
             changes[f"{cert['id']}.key"] = "created or mode/owner fixed (0600)"
-        key_fp = tls("key_public_sha256")(cert["key"])
         csr_pem = _read(cert["csr"])
-        want_subject = tls("subject_string")(cert["cn"], cert["subject"])
-        if csr_pem:
-            csr = tls("csr_info")(csr_pem)
-            if (csr["subject_str"] == want_subject and sorted(csr["san"]) == sorted(cert["san"])
-                    and csr["public_key_sha256"] == key_fp):
-                continue
+        if csr_pem and _csr_fits(cert, csr_pem, tls("key_public_sha256")(cert["key"])):
+            continue
         pem = tls("build_csr")(cert["key"], cert["cn"], cert["subject"], san=cert["san"],
                                digest=cfg["ca"]["digest"])
         _write_file(cert["csr"], pem, mode=0o644)
@@ -528,18 +537,10 @@ def cert_apply(server=None):
             continue
         key_fp = tls("key_public_sha256")(cert["key"])
         current = _read(cert["cert"])
-        if current and ca_pem:
-            info = tls("cert_info")(current)
-            if (_cert_wanted(cfg, cert, info) is None and info["public_key_sha256"] == key_fp
-                    and tls("cert_signed_by")(current, ca_pem)):
-                continue
+        if current and _cert_problem(cfg, cert, current, key_fp, ca_pem) is None:
+            continue
         offered = ((published.get("certs") or {}).get(srv["name"]) or {}).get(cert["id"])
-        usable = False
-        if offered and ca_pem:
-            info = tls("cert_info")(offered)
-            usable = (_cert_wanted(cfg, cert, info) is None and info["public_key_sha256"] == key_fp
-                      and tls("cert_signed_by")(offered, ca_pem))
-        if not usable:
+        if not offered or _cert_problem(cfg, cert, offered, key_fp, ca_pem) is not None:
             waiting.append(f"{cert['id']} certificate: CA minion {cfg['ca']['minion']} has not signed "
                            "the current CSR yet (apply mysqlrepl.ca there, or run the "
                            "mysqlrepl.orch.setup orchestration)")
@@ -1242,7 +1243,6 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
     timings["swap_s"] = round(time.monotonic() - t0, 3)
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
-        version = _version(conn)
         _run(conn, _sql("set_read_only")(True))
         _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
     shutil.rmtree(previous, ignore_errors=True)

@@ -189,6 +189,21 @@ def stop_replica(version):
     return ("STOP REPLICA", None)
 
 
+def _source_options(prefix, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+                    verify_server_cert, connect_retry, heartbeat_period):
+    """``(option, value)`` pairs with every TLS option, spelled with ``prefix`` (MASTER / SOURCE)."""
+    return [
+        (f"{prefix}_HOST", host), (f"{prefix}_PORT", int(port)),
+        (f"{prefix}_USER", user), (f"{prefix}_PASSWORD", password),
+        (f"{prefix}_SSL", 1), (f"{prefix}_SSL_CA", ssl_ca), (f"{prefix}_SSL_CAPATH", ""),
+        (f"{prefix}_SSL_CERT", ssl_cert), (f"{prefix}_SSL_KEY", ssl_key),
+        (f"{prefix}_SSL_CIPHER", ""), (f"{prefix}_SSL_CRL", ""), (f"{prefix}_SSL_CRLPATH", ""),
+        (f"{prefix}_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
+        (f"{prefix}_CONNECT_RETRY", int(connect_retry)),
+        (f"{prefix}_HEARTBEAT_PERIOD", float(heartbeat_period)),
+    ]
+
+
 def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
                   verify_server_cert=True, connect_retry=5, heartbeat_period=2,
                   use_gtid="slave_pos", demote=False):
@@ -199,50 +214,20 @@ def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key
     forget SSL options in memory, so an omitted option would keep a stale value.
     """
     if version.is_mariadb:
-        opts = [
-            ("MASTER_HOST", host), ("MASTER_PORT", int(port)),
-            ("MASTER_USER", user), ("MASTER_PASSWORD", password),
-            ("MASTER_SSL", 1), ("MASTER_SSL_CA", ssl_ca),
-            ("MASTER_SSL_CAPATH", ""),
-            ("MASTER_SSL_CERT", ssl_cert), ("MASTER_SSL_KEY", ssl_key),
-            ("MASTER_SSL_CIPHER", ""), ("MASTER_SSL_CRL", ""), ("MASTER_SSL_CRLPATH", ""),
-            ("MASTER_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
-            ("MASTER_CONNECT_RETRY", int(connect_retry)),
-            ("MASTER_HEARTBEAT_PERIOD", float(heartbeat_period)),
-        ]
-        sql = "CHANGE MASTER TO " + ", ".join(f"{k} = %s" for k, _ in opts)
-        sql += f", MASTER_USE_GTID = {'slave_pos' if use_gtid == 'slave_pos' else 'current_pos'}"
+        verb, prefix = "CHANGE MASTER TO", "MASTER"
+        tail = f", MASTER_USE_GTID = {'slave_pos' if use_gtid == 'slave_pos' else 'current_pos'}"
         if demote:
-            sql += ", MASTER_DEMOTE_TO_SLAVE = 1"
-        return (sql, tuple(v for _, v in opts))
-    if version.number < (8, 0, 23):
+            tail += ", MASTER_DEMOTE_TO_SLAVE = 1"
+    elif version.number < (8, 0, 23):
         # MySQL before 8.0.23: the MASTER_* spelling, auto-position for GTID
-        opts = [
-            ("MASTER_HOST", host), ("MASTER_PORT", int(port)),
-            ("MASTER_USER", user), ("MASTER_PASSWORD", password),
-            ("MASTER_SSL", 1), ("MASTER_SSL_CA", ssl_ca), ("MASTER_SSL_CAPATH", ""),
-            ("MASTER_SSL_CERT", ssl_cert), ("MASTER_SSL_KEY", ssl_key),
-            ("MASTER_SSL_CIPHER", ""), ("MASTER_SSL_CRL", ""), ("MASTER_SSL_CRLPATH", ""),
-            ("MASTER_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
-            ("MASTER_CONNECT_RETRY", int(connect_retry)),
-            ("MASTER_HEARTBEAT_PERIOD", float(heartbeat_period)),
-        ]
-        sql = "CHANGE MASTER TO " + ", ".join(f"{k} = %s" for k, _ in opts)
-        sql += ", MASTER_AUTO_POSITION = 1, GET_MASTER_PUBLIC_KEY = 1"
-        return (sql, tuple(v for _, v in opts))
-    # MySQL 8.0.23+ syntax
-    opts = [
-        ("SOURCE_HOST", host), ("SOURCE_PORT", int(port)),
-        ("SOURCE_USER", user), ("SOURCE_PASSWORD", password),
-        ("SOURCE_SSL", 1), ("SOURCE_SSL_CA", ssl_ca), ("SOURCE_SSL_CAPATH", ""),
-        ("SOURCE_SSL_CERT", ssl_cert), ("SOURCE_SSL_KEY", ssl_key),
-        ("SOURCE_SSL_CIPHER", ""), ("SOURCE_SSL_CRL", ""), ("SOURCE_SSL_CRLPATH", ""),
-        ("SOURCE_SSL_VERIFY_SERVER_CERT", 1 if verify_server_cert else 0),
-        ("SOURCE_CONNECT_RETRY", int(connect_retry)),
-        ("SOURCE_HEARTBEAT_PERIOD", float(heartbeat_period)),
-    ]
-    sql = "CHANGE REPLICATION SOURCE TO " + ", ".join(f"{k} = %s" for k, _ in opts)
-    sql += ", SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1"
+        verb, prefix = "CHANGE MASTER TO", "MASTER"
+        tail = ", MASTER_AUTO_POSITION = 1, GET_MASTER_PUBLIC_KEY = 1"
+    else:
+        verb, prefix = "CHANGE REPLICATION SOURCE TO", "SOURCE"
+        tail = ", SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1"
+    opts = _source_options(prefix, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+                           verify_server_cert, connect_retry, heartbeat_period)
+    sql = f"{verb} " + ", ".join(f"{k} = %s" for k, _ in opts) + tail
     return (sql, tuple(v for _, v in opts))
 
 

@@ -151,3 +151,32 @@ def test_restart_only_when_pillar_allows(topology, mariadb_servers, write_pillar
     assert db2.query("SELECT @@read_only AS v")[0]["v"] == 1
     ret = apply(salt_cli)
     assert changes_of(ret) == {n: {} for n in NAMES}, ret
+
+
+def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_servers, salt_cli):
+    """db3 repointed to db2 by hand: the state refuses, names both, and leaves db3 where it is."""
+    db3 = mariadb_servers["db3"]
+    conn = db3.connect()
+    with conn.cursor() as cur:
+        for stmt in ("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.12'", "START SLAVE"):
+            cur.execute(stmt)
+    conn.close()
+    try:
+        wait_for(lambda: (db3.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_IO_Running") == "Yes",
+                 what="db3 replicating from db2")
+        for test in (True, False):
+            ret = apply(salt_cli, test=test)
+            state = next(s for s in state_returns(ret)["db3"] if s["__id__"] == "mysqlrepl-replication")
+            assert state["result"] is False and not state["changes"], state
+            assert state["comment"].startswith(
+                "db3: db3 replicates from 127.0.0.12:3306 (db2) but pillar says the master is db1 (127.0.0.11:3306)")
+            assert all_ok(ret).keys() == {"db3"}
+        assert db3.query("SHOW SLAVE STATUS")[0]["Master_Host"] == "127.0.0.12"
+    finally:
+        conn = db3.connect()
+        with conn.cursor() as cur:
+            for stmt in ("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.11'", "START SLAVE"):
+                cur.execute(stmt)
+        conn.close()
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret

@@ -44,6 +44,10 @@ def test_setup_orchestration_brings_up_tls_replication(topology, mariadb_servers
         assert replica.query("SELECT @@read_only AS v")[0]["v"] == 1
     assert replica_status(db1) is None
     assert db1.query("SELECT @@read_only AS v")[0]["v"] == 0
+    # nothing was minted locally on the replicas: every GTID they logged came from db1
+    for replica in (db2, db3):
+        state = replica.query("SELECT @@gtid_binlog_state AS g")[0]["g"]
+        assert all(gtid.split("-")[1] == str(db1.server_id) for gtid in filter(None, state.split(","))), state
 
 
 def test_row_written_on_master_arrives_on_both_replicas(topology, mariadb_servers):
