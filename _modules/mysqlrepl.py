@@ -1044,16 +1044,17 @@ def replication_apply(server=None, test=False, seeded=False):
             hb = float(hb_row[0]["Value"]) if hb_row else None
             if hb is not None and abs(hb - float(cfg["replication"]["heartbeat_period"])) > 0.001:
                 diff["heartbeat_period"] = {"old": hb, "new": cfg["replication"]["heartbeat_period"]}
-        if rs is not None and rs["last_io_errno"] == 1045:
-            diff["password"] = "IO thread refused (1045): re-sending credentials (not shown)"
+        if rs is not None and (rs["last_io_errno"] == 1045
+                               or _link_password_stale(srv, cfg["replication"]["password"])):
+            diff["password"] = "differs from pillar (not shown): re-sending credentials"
         changes.update(diff)
         threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
         if not diff and not threads_ok:
-            changes["threads"] = {"old": f"IO {rs['io_running']}, SQL {rs['sql_running']}",
-                                  "new": "IO Yes, SQL Yes"}
+            changes["threads"] = {"old": _threads_text(rs), "new": "IO Yes, SQL Yes"}
         if test:
             return {"result": None if changes else True, "changes": changes,
-                    "comment": "would apply" if changes else f"{srv['name']} replicates as pillar says"}
+                    "comment": (f"would fix {', '.join(sorted(changes))} (now: {_threads_text(rs)})" if changes
+                                else f"replicates from {cfg['master']} as pillar says")}
         if "read_only" in changes:
             _run(conn, _sql("set_read_only")(True))
         if diff:
@@ -1071,22 +1072,56 @@ def replication_apply(server=None, test=False, seeded=False):
             ok, rs = _wait_threads(conn, version, cfg["replication"]["wait_timeout"])
             if not ok:
                 return {"result": False, "changes": changes,
-                        "comment": (f"{srv['name']}: replication threads not running after "
-                                    f"{cfg['replication']['wait_timeout']}s: IO {rs['io_running']} "
-                                    f"{rs['last_io_errno']} {rs['last_io_error']}; SQL {rs['sql_running']} "
-                                    f"{rs['last_sql_errno']} {rs['last_sql_error']}")}
+                        "comment": f"replication does not run: {_threads_text(rs)}"}
         return {"result": True, "changes": changes,
-                "comment": "applied" if changes else f"{srv['name']} replicates as pillar says"}
+                "comment": (f"replicates from {cfg['master']}: " + ", ".join(sorted(changes)) + " fixed"
+                            if changes else f"replicates from {cfg['master']} as pillar says")}
+
+
+def _threads_text(rs):
+    """``IO Yes, SQL No (1062: Duplicate entry ...)`` for comments."""
+    if not rs:
+        return "no replication configured"
+    text = f"IO {rs['io_running']}"
+    if rs["last_io_errno"]:
+        text += f" ({rs['last_io_errno']}: {rs['last_io_error']})"
+    text += f", SQL {rs['sql_running']}"
+    if rs["last_sql_errno"]:
+        text += f" ({rs['last_sql_errno']}: {rs['last_sql_error']})"
+    return text
+
+
+def _link_password_stale(srv, password):
+    """
+    Does the replica still hold another replication password than pillar's?
+    MariaDB keeps it in master.info (6th line) in the datadir, which this
+    minion (root) can read; ``None`` when the file cannot be read.
+    """
+    try:
+        with open(os.path.join(srv["datadir"], "master.info"), encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
+    except OSError:
+        return None
+    return len(lines) > 5 and lines[5] != password
 
 
 def _wait_threads(conn, version, timeout):
     started = time.monotonic()
     deadline = started + timeout
     rs = None
+    healthy = 0
     while True:
         rs = _replica_status(conn, version)
-        if rs and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes":
-            return True, rs
+        # right after START SLAVE a failing SQL thread shows Yes with no error
+        # for a moment: only threads seen healthy over ~0.6 s count as running
+        if (rs and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
+                and not rs["last_sql_errno"] and not rs["last_io_errno"]):
+            healthy += 1
+            if healthy >= 4:
+                return True, rs
+            time.sleep(0.2)
+            continue
+        healthy = 0
         # a hard error will not heal by waiting: a stopped SQL thread, or an IO
         # thread still failing (TLS verification, access denied) after a few tries
         if rs and (rs["last_sql_errno"] or (rs["io_running"] == "No" and rs["last_io_errno"])):

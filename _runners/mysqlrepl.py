@@ -78,20 +78,29 @@ def topology(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  
 
         salt-run mysqlrepl.topology topology=production
     """
+    try:
+        return _topology(topology, tgt, tgt_type, timeout)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _fail({"result": False}, str(exc))
+
+
+def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  # pylint: disable=redefined-outer-name
+    """The validated topology; raises with the reason."""
     if topology:
         tgt = f"( {tgt} ) and I@mysqlrepl:topology:{topology}"
     res = _client().cmd(tgt, "mysqlrepl.settings", tgt_type=tgt_type, timeout=timeout,
                         full_return=True)
     found = {}
-    errors = []
+    errors = {}
     for minion, out in sorted(res.items()):
         if out.get("retcode", 0) != 0 or not isinstance(out.get("ret"), dict):
-            errors.append(f"{minion}: {out.get('ret')}")
+            errors.setdefault(str(out.get("ret")), []).append(minion)
             continue
         cfg = out["ret"]
         found.setdefault(cfg["topology"], cfg)
     if errors:
-        raise CommandExecutionError("invalid mysqlrepl pillar on " + "; ".join(errors))
+        raise CommandExecutionError("invalid mysqlrepl pillar: " + "; ".join(
+            f"{', '.join(minions)}: {message}" for message, minions in errors.items()))
     if not found:
         raise CommandExecutionError(f"no minion matching {tgt!r} has a mysqlrepl pillar")
     if len(found) > 1:
@@ -121,7 +130,7 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
     """
     ret = {"result": True, "seeded": {}, "skipped": {}, "comment": ""}
     try:
-        cfg = _topology_for(topology)
+        cfg = _topology(topology)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _fail(ret, str(exc))
     master = cfg["servers"][cfg["master"]]
@@ -193,7 +202,3 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
                   tag=f"seed/{name}/done", replica=name)
     ret["comment"] = (f"seeded {', '.join(ret['seeded'])}" if ret["seeded"] else "nothing to seed")
     return ret
-
-
-def _topology_for(name):
-    return topology(name)

@@ -8,7 +8,8 @@ import copy
 
 import pytest
 
-from tests.support.topology import ADMIN_PASSWORD, NAMES, all_ok, apply, changes_of, fingerprint, state_returns, wait_for
+from tests.support.topology import (ADMIN_PASSWORD, NAMES, PASSWORD, all_ok, apply, changes_of, fingerprint,
+                                    state_returns, wait_for)
 
 pytestmark = [pytest.mark.integration]
 
@@ -180,3 +181,60 @@ def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_s
         conn.close()
     ret = apply(salt_cli)
     assert all_ok(ret) == {}, ret
+
+
+def test_a_replica_stopped_on_an_sql_error_stays_failed(topology, mariadb_servers, salt_cli):
+    """START SLAVE on a conflicting event looks healthy for a moment: the state must not believe it."""
+    db1, db3 = mariadb_servers["db1"], mariadb_servers["db3"]
+    db1.query("CREATE DATABASE IF NOT EXISTS app")
+    db1.query("CREATE TABLE IF NOT EXISTS app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64))")
+    wait_for(lambda: db3.query("SHOW TABLES FROM app LIKE 't'"), what="app.t on db3")
+    conn = db3.connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("INSERT INTO app.t (id, v) VALUES (900001, 'local')")
+    conn.close()
+    db1.query("INSERT INTO app.t (id, v) VALUES (900001, 'from-master')")
+    wait_for(lambda: db3.query("SHOW SLAVE STATUS")[0]["Last_SQL_Errno"] == 1062, what="1062 on db3")
+    try:
+        for _ in range(3):
+            ret = apply(salt_cli)
+            state = next(s for s in state_returns(ret)["db3"] if s["__id__"] == "mysqlrepl-replication")
+            assert state["result"] is False, state
+            assert "1062" in state["comment"] and "Duplicate entry" in state["comment"], state["comment"]
+        ret = apply(salt_cli, test=True)
+        state = next(s for s in state_returns(ret)["db3"] if s["__id__"] == "mysqlrepl-replication")
+        assert "1062" in state["comment"], state
+    finally:
+        conn = db3.connect()
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin = 0")
+            cur.execute("DELETE FROM app.t WHERE id = 900001")
+        conn.close()
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+    assert db3.query("SELECT v FROM app.t WHERE id = 900001")[0]["v"] == "from-master"
+
+
+def test_password_rotation_reaches_the_replicas_in_the_same_run(topology, mariadb_servers, write_pillar,
+                                                                salt_cli, restore_pillar):
+    pillar = copy.deepcopy(topology["pillar"])
+    pillar["mysqlrepl"]["replication"]["password"] = PASSWORD + "-rotated"
+    write_pillar(pillar)
+    ret = apply(salt_cli, test=True)
+    for name in ("db2", "db3"):
+        assert "password" in changes_of(ret)[name]["mysqlrepl-replication"][name], ret
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, ret
+    for name in ("db2", "db3"):
+        srv = mariadb_servers[name]
+        conn = srv.connect()
+        with conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute("START SLAVE")
+        conn.close()
+        # a fresh connection to the master authenticates with the new password
+        wait_for(lambda s=srv: s.query("SHOW SLAVE STATUS")[0]["Slave_IO_Running"] == "Yes", what=f"{name} IO")
+        assert srv.query("SHOW SLAVE STATUS")[0]["Last_IO_Errno"] == 0
+    ret = apply(salt_cli)
+    assert changes_of(ret) == {n: {} for n in NAMES}, ret
