@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "mysqlrepl"
 
-DEFAULT_TGT = "I@mysqlrepl:master:*"
+DEFAULT_TGT = "I@mysqlrepl:*"
 
 
 def __virtual__():

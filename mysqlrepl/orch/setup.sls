@@ -11,7 +11,7 @@
 # Every step fails hard: nothing runs after a failed step.
 {%- set orch = salt['pillar.get']('mysqlrepl_orch', {}) %}
 {%- set topology = orch.get('topology') %}
-{%- set tgt = orch.get('target', 'I@mysqlrepl:master:*') %}
+{%- set tgt = orch.get('target', 'I@mysqlrepl:*') %}
 {%- if topology %}
 {%- set tgt = '( ' ~ tgt ~ ' ) and I@mysqlrepl:topology:' ~ topology %}
 {%- endif %}

@@ -67,10 +67,15 @@ BAD_PILLARS = [
 
 
 def test_bad_pillar_fails_every_state_naming_the_key_and_changes_nothing(
-        topology, mariadb_servers, write_pillar, salt_cli, restore_pillar):
+        topology, mariadb_servers, write_pillar, salt_cli, salt_run_cli, restore_pillar):
     before = fingerprint(mariadb_servers)
     for index, (mutate, expected) in enumerate(BAD_PILLARS):
         write_pillar(_variant(topology, mutate))
+        if index == 0:
+            # the runners say it as plainly as the states
+            ret = salt_run_cli.run("mysqlrepl.topology")
+            assert ret.data["result"] is False, ret
+            assert expected in ret.data["comment"] and "Traceback" not in ret.stdout, ret
         for test in ((True, False) if index == 0 else (False,)):
             ret = apply(salt_cli, test=test)
             for minion, comment in _preflight_comments(ret).items():
