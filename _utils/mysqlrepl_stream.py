@@ -29,6 +29,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import queue
 import re
 import shutil
 import socket
@@ -78,14 +79,52 @@ def _redact(text):
     return _REDACT_RE.sub(r"\1'<redacted>'", text)
 
 
+_PROGRESS_BUSY = threading.Lock()
+
+
 def _call_progress(progress, nbytes):
-    """Progress callbacks are best effort: an event bus hiccup must not kill a transfer."""
-    if progress is None:
+    """
+    Progress callbacks are best effort and never block the copy: each runs in
+    its own thread, and is skipped while the previous one is still running
+    (an event bus that answers slowly must not hold the stream, and with it
+    mariadb-backup's BACKUP STAGE locks on the master).
+    """
+    if progress is None or not _PROGRESS_BUSY.acquire(blocking=False):
         return
-    try:
-        progress(nbytes)
-    except Exception as exc:  # pylint: disable=broad-except
-        log.warning("mysqlrepl_stream: progress callback failed: %s", exc)
+
+    def run():
+        try:
+            progress(nbytes)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("mysqlrepl_stream: progress callback failed: %s", exc)
+        finally:
+            _PROGRESS_BUSY.release()
+
+    threading.Thread(target=run, name="mysqlrepl-progress", daemon=True).start()
+
+
+class _Drain(threading.Thread):
+    """
+    Reads a child's stdout as fast as it writes, into a bounded in-memory queue,
+    so that mariadb-backup never waits on the network while it holds BACKUP
+    STAGE locks (its writes during BLOCK_COMMIT would otherwise wait for the
+    receiver). ``None`` in the queue marks the end; an OSError is passed on.
+    """
+
+    def __init__(self, fileobj, max_chunks):
+        super().__init__(name="mysqlrepl-drain", daemon=True)
+        self.fd = fileobj.fileno()
+        self.chunks = queue.Queue(maxsize=max_chunks)
+
+    def run(self):
+        try:
+            while True:
+                data = os.read(self.fd, CHUNK)
+                self.chunks.put(data or None)
+                if not data:
+                    return
+        except OSError as exc:
+            self.chunks.put(exc)
 
 
 def _kill(proc):
@@ -517,6 +556,7 @@ def send_backup(
     progress_interval=PROGRESS_INTERVAL,
     source_address=None,
     log_copy_interval=None,
+    buffer_mb=256,
 ):
     """
     Stream ``mariadb-backup --backup --stream=mbstream`` of the local server to a receiver.
@@ -544,6 +584,10 @@ def send_backup(
     Returns ``{"bytes", "seconds", "stderr_tail", "lock_info", "binlog"}``; raises
     CommandExecutionError with mariadb-backup's stderr tail on failure or when the receiver
     hangs up or does not confirm the extraction.
+    
+    ``buffer_mb`` bounds the in-memory buffer between mariadb-backup and the
+    network (1 MiB chunks): mariadb-backup is read as fast as it writes, so its
+    BACKUP STAGE locks on the master never wait for a slow receiver.
     """
     _check_files(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     try:
@@ -620,11 +664,19 @@ def send_backup(
         watchdog.daemon = True
         watchdog.start()
 
-        fd = proc.stdout.fileno()
+        drain = _Drain(proc.stdout, max_chunks=max(1, int(buffer_mb)))
+        drain.start()
         last_progress = time.monotonic()
         while True:
-            data = os.read(fd, CHUNK)
-            if not data:
+            try:
+                data = drain.chunks.get(timeout=_remaining(deadline, "reading mariadb-backup's output"))
+            except queue.Empty as exc:
+                raise CommandExecutionError(
+                    f"mysqlrepl_stream: no output from {backup_cmd} until the timeout; {errs.text()}"
+                ) from exc
+            if isinstance(data, OSError):
+                raise CommandExecutionError(f"mysqlrepl_stream: reading {backup_cmd}'s output: {data}")
+            if data is None:
                 break
             tls.settimeout(_remaining(deadline, f"sending the backup to {host}:{port}"))
             try:
