@@ -428,6 +428,16 @@ def _ca_from_mine(cfg):
     return data
 
 
+def _key_problem(status, srv):
+    """What is wrong with an existing key file's mode/owner (None when nothing)."""
+    wrong = []
+    if not status["mode_ok"]:
+        wrong.append(f"mode {status['mode']} (want 0600)")
+    if not status["owner_ok"]:
+        wrong.append(f"owner (want {srv['os_user']})")
+    return ", ".join(wrong) or None
+
+
 def _tls_problems(cfg, srv, published):
     tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
     uid, gid = _owner_ids(srv)
@@ -444,8 +454,9 @@ def _tls_problems(cfg, srv, published):
         if not status["exists"]:
             problems.append((f"{cert['id']}.key", "missing"))
             continue
-        if not status["mode_ok"] or not status["owner_ok"]:
-            problems.append((f"{cert['id']}.key", f"mode {status['mode']} / owner wrong (want 0600 {srv['os_user']})"))
+        why = _key_problem(status, srv)
+        if why:
+            problems.append((f"{cert['id']}.key", why))
         csr_pem = _read(cert["csr"])
         key_fp = tls("key_public_sha256")(cert["key"])
         if not csr_pem:
@@ -486,8 +497,10 @@ def csr_apply(server=None):
     os.chown(srv["tls_dir"], 0, gid)
     os.chmod(srv["tls_dir"], 0o750)
     for cert in srv["certs"]:
+        before = tls("key_status")(cert["key"], uid=uid, gid=gid)
         if tls("create_private_key")(cert["key"], bits=cfg["tls"]["bits"], uid=uid, gid=gid):
-            changes[f"{cert['id']}.key"] = "created or mode/owner fixed (0600)"
+            changes[f"{cert['id']}.key"] = (f"fixed: {_key_problem(before, srv)}" if before["exists"]
+                                            else "created (0600)")
         csr_pem = _read(cert["csr"])
         if csr_pem and _csr_fits(cert, csr_pem, tls("key_public_sha256")(cert["key"])):
             continue
