@@ -490,18 +490,7 @@ def pillar_text(servers, root, password, seed_port):
         "servers": {},
     }
     for name, srv in servers.items():
-        rest["servers"][name] = {
-            "address": srv.address,
-            "port": srv.port,
-            "server_id": srv.server_id,
-            "datadir": str(srv.datadir),
-            "socket": str(srv.socket),
-            "config_file": str(srv.conf_d / "60-mysqlrepl.cnf"),
-            "tls_dir": str(srv.root / "tls"),
-            "service": srv.service_name,
-            "os_user": srv.os_user,
-            "settings": {"innodb_buffer_pool_size": "32M"},
-        }
+        rest["servers"][name] = srv.pillar_entry()
     body = yaml.safe_dump(rest, default_flow_style=False, sort_keys=False)
     addresses = ", ".join(f"'{n}': '{s.address}'" for n, s in servers.items())
     return (

@@ -75,6 +75,21 @@ class MariaDBServer:
             self.error_log,
         )
 
+    def pillar_entry(self):
+        """This server's ``mysqlrepl:servers:<name>`` pillar block (paths of this instance)."""
+        return {
+            "address": self.address,
+            "port": self.port,
+            "server_id": self.server_id,
+            "datadir": str(self.datadir),
+            "socket": str(self.socket),
+            "config_file": str(self.conf_d / "60-mysqlrepl.cnf"),
+            "tls_dir": str(self.root / "tls"),
+            "service": self.service_name,
+            "os_user": self.os_user,
+            "settings": {"innodb_buffer_pool_size": "32M"},
+        }
+
     def __repr__(self):
         return f"MariaDBServer({self.name!r}, {self.address}:{self.port}, pid={self.pid()})"
 

@@ -28,18 +28,7 @@ def build_pillar(servers, harness_root, **overrides):
         "servers": {},
     }
     for name, srv in servers.items():
-        data["servers"][name] = {
-            "address": srv.address,
-            "port": srv.port,
-            "server_id": srv.server_id,
-            "datadir": str(srv.datadir),
-            "socket": str(srv.socket),
-            "config_file": str(srv.conf_d / "60-mysqlrepl.cnf"),
-            "tls_dir": str(srv.root / "tls"),
-            "service": srv.service_name,
-            "os_user": srv.os_user,
-            "settings": {"innodb_buffer_pool_size": "32M"},
-        }
+        data["servers"][name] = srv.pillar_entry()
     for key, value in overrides.items():
         data[key] = value
     return {"mysqlrepl": data}
