@@ -1306,22 +1306,24 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
 # seed 002's manual procedure: lock / dump / unlock
 # ---------------------------------------------------------------------------
 
+# Runs in a detached process that outlives the Salt call: connects, runs the
+# statements it is given (from mysqlrepl_sql), prints the last two results, then
+# idles so that the server drops the session (and the lock) after wait_timeout.
 _LOCK_HOLDER = r"""
 import json, sys, time, pymysql
 p = json.loads(sys.stdin.readline())
 conn = pymysql.connect(unix_socket=p["socket"], user=p["user"], password=p.get("password", ""),
-                       ssl_disabled=True, autocommit=True)
+                       ssl_disabled=True, autocommit=True, cursorclass=pymysql.cursors.DictCursor)
 cur = conn.cursor()
-cur.execute("SET SESSION wait_timeout = %d, SESSION interactive_timeout = %d" % (p["lease"], p["lease"]))
-cur.execute("FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK")
-cur.execute("SELECT CONNECTION_ID(), @@GLOBAL.gtid_binlog_pos")
-cid, pos = cur.fetchone()
-cur.execute("SHOW MASTER STATUS")
-row = cur.fetchone()
-sys.stdout.write(json.dumps({"conn_id": cid, "gtid": pos, "file": row and row[0], "position": row and row[1]}) + "\n")
+rows = []
+for sql, args in p["statements"]:
+    cur.execute(sql, args or ())
+    rows.append(cur.fetchone())
+info = dict(rows[-2])
+info.update({"file": (rows[-1] or {}).get("File"), "position": (rows[-1] or {}).get("Position")})
+sys.stdout.write(json.dumps(info) + "\n")
 sys.stdout.flush()
 sys.stdout.close()
-# hold the session idle: the server drops it (and the lock) after wait_timeout
 time.sleep(p["lease"] + 30)
 """
 
@@ -1357,7 +1359,9 @@ def lock(server=None, lease=300):
                                     f"{current['conn_id']}, expires {current['expires']:.0f})")
     params = _u("mysqlrepl_db.local_params")(srv, __opts__)
     params = {"socket": params["unix_socket"], "user": params["user"],
-              "password": params.get("password", ""), "lease": lease}
+              "password": params.get("password", ""), "lease": lease,
+              "statements": [_sql("set_session_wait_timeout")(lease), _sql("FLUSH_TABLES_WITH_READ_LOCK"),
+                             _sql("LOCK_POSITION"), _sql("SHOW_MASTER_STATUS")]}
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
         [sys.executable, "-c", _LOCK_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, close_fds=True,

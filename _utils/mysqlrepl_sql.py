@@ -5,9 +5,9 @@ Functions return ``(sql, args)`` tuples (``args`` is a tuple for PyMySQL's
 ``%s`` placeholders, or ``None``), chosen from the server's flavor and version
 as returned by :func:`parse_version`. Nothing here does I/O.
 
-Identifiers are quoted with :func:`quote_ident`; values always travel as
-placeholders, except where the server grammar does not accept one (account
-names, REQUIRE SUBJECT), which are quoted with :func:`quote_string`.
+Values always travel as placeholders, except where the server grammar does
+not accept one (account names, REQUIRE SUBJECT), which are quoted with
+:func:`quote_string`.
 
 Every statement is a ``%``-format string: the connection layer always formats
 it (with an empty tuple when there are no arguments), so a literal ``%`` is
@@ -19,9 +19,6 @@ import re
 
 MARIADB = "mariadb"
 MYSQL = "mysql"
-
-# require modes for the replication account
-REQUIRE_MODES = ("ssl", "x509", "subject")
 
 
 class Version(tuple):
@@ -56,11 +53,6 @@ def parse_version(version_string):
         # old "5.5.5-10.x.y-MariaDB" replication-compat prefix
         number = tuple(int(x) for x in re.search(r"-(\d+)\.(\d+)\.(\d+)", version_string).groups())
     return Version((flavor, number))
-
-
-def quote_ident(name):
-    """Quote an identifier with backticks."""
-    return "`" + str(name).replace("`", "``") + "`"
 
 
 def quote_string(value):
@@ -352,8 +344,9 @@ def drop_user(user, host):
 # --------------------------------------------------------------------------
 
 FLUSH_TABLES_WITH_READ_LOCK = ("FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK", None)
-UNLOCK_TABLES = ("UNLOCK TABLES", None)
-CONNECTION_ID = ("SELECT CONNECTION_ID() AS id", None)
+# what the lock holder reports once it holds the lock
+LOCK_POSITION = ("SELECT CONNECTION_ID() AS conn_id, @@GLOBAL.gtid_binlog_pos AS gtid", None)
+SHOW_MASTER_STATUS = ("SHOW MASTER STATUS", None)
 
 
 def set_session_wait_timeout(seconds):
