@@ -856,7 +856,7 @@ def users_apply(server=None, test=False):
 def _replica_status(conn, version=None):
     version = version or _version(conn)
     row = _one(conn, _sql("show_replica_status")(version))
-    return _sql("normalize_replica_status")(version, row)
+    return _sql("normalize_replica_status")(row)
 
 
 def status(server=None):
@@ -962,7 +962,7 @@ def _link_diff(want, have):
     return diff
 
 
-def _topology_conflict(cfg, srv, rs, variables):
+def _topology_conflict(cfg, srv, rs):
     """Refuse when the live topology is not the one pillar describes."""
     master = cfg["servers"][cfg["master"]]
     if srv["name"] == cfg["master"]:
@@ -1025,7 +1025,7 @@ def replication_apply(server=None, test=False, seeded=False):
         version = _version(conn)
         variables = _variables(conn, ["read_only", "gtid_slave_pos", "have_ssl"])
         rs = _replica_status(conn, version)
-        conflict = _topology_conflict(cfg, srv, rs, variables)
+        conflict = _topology_conflict(cfg, srv, rs)
         if conflict:
             return {"result": False, "changes": {}, "comment": conflict}
         if srv["name"] == cfg["master"]:
@@ -1228,7 +1228,7 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
     with _u("mysqlrepl_db.closing")(conn):
         rs = _replica_status(conn)
     if rs is not None and not force:
-        conflict = _topology_conflict(cfg, srv, rs, {})
+        conflict = _topology_conflict(cfg, srv, rs)
         if conflict:
             raise CommandExecutionError(conflict)
         return {"server": srv["name"], "seeded": False,

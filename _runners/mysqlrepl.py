@@ -161,7 +161,7 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
                   replica=name, master=master["name"])
         outcome = {}
 
-        def receive(srv=srv, outcome=outcome):
+        def receive(srv, outcome):
             try:
                 outcome["receive"] = _call(srv["minion"], "mysqlrepl.seed_receive", [srv["name"]],
                                            {"force": bool(force), "timeout": timeout},
@@ -169,7 +169,7 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
             except CommandExecutionError as exc:
                 outcome["receive_error"] = str(exc)
 
-        thread = threading.Thread(target=receive, daemon=True)
+        thread = threading.Thread(target=receive, args=(srv, outcome), daemon=True)
         thread.start()
         try:
             outcome["send"] = _call(master["minion"], "mysqlrepl.seed_send", [],

@@ -229,7 +229,7 @@ def reset_replica_all(version):
     return ("RESET REPLICA ALL", None)
 
 
-def normalize_replica_status(version, row):
+def normalize_replica_status(row):
     """
     Map a SHOW SLAVE/REPLICA STATUS row to flavor-neutral keys.
     Returns ``None`` when the server has no replication configured.

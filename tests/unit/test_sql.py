@@ -90,12 +90,12 @@ def test_replica_verbs_by_version():
 
 
 def test_normalize_replica_status_both_flavors():
-    assert sql.normalize_replica_status(MARIADB, None) is None
-    assert sql.normalize_replica_status(MARIADB, {"Master_Host": ""}) is None
-    m = sql.normalize_replica_status(MARIADB, {"Master_Host": "h", "Master_Port": 3306, "Slave_IO_Running": "Yes",
+    assert sql.normalize_replica_status(None) is None
+    assert sql.normalize_replica_status({"Master_Host": ""}) is None
+    m = sql.normalize_replica_status({"Master_Host": "h", "Master_Port": 3306, "Slave_IO_Running": "Yes",
                                                "Slave_SQL_Running": "Yes", "Using_Gtid": "Slave_Pos"})
     assert (m["host"], m["io_running"], m["using_gtid"]) == ("h", "Yes", "Slave_Pos")
-    y = sql.normalize_replica_status(MYSQL8, {"Source_Host": "h", "Source_Port": 3306, "Replica_IO_Running": "No",
+    y = sql.normalize_replica_status({"Source_Host": "h", "Source_Port": 3306, "Replica_IO_Running": "No",
                                               "Replica_SQL_Running": "Yes", "Auto_Position": 1})
     assert (y["host"], y["io_running"], y["using_gtid"]) == ("h", "No", "Auto_Position")
 
