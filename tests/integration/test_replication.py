@@ -18,7 +18,7 @@ import pymysql
 import pytest
 
 from tests.support.topology import (NAMES, PASSWORD, all_ok, apply, changes_of, orch_failures,
-                                    repl_connect, replica_status, wait_for)
+                                    repl_connect, replica_status, state_returns, wait_for)
 
 pytestmark = [pytest.mark.integration]
 
@@ -233,3 +233,27 @@ def test_certificates_are_renewed_before_expiry_without_restart(topology, mariad
         assert changes_of(ret) == {n: {} for n in NAMES}, ret
     finally:
         write_pillar(topology["pillar"])
+
+
+def test_highstate_names_what_it_waits_for_until_the_ca_signs(topology, mariadb_servers, salt_cli, salt_run_cli):
+    """A new key on db3 (lost key): until the CA minion signs its new CSR, db3's run stops at the
+    certificate, says so, and touches nothing after it; the orchestration then completes it."""
+    db3 = mariadb_servers["db3"]
+    (db3.root / "tls" / "server.key").unlink()
+    pid = db3.pid()
+    ret = apply(salt_cli, minions=("db2", "db3"))
+    states = {s["__id__"]: s for s in state_returns(ret)["db3"]}
+    assert states["mysqlrepl-csr"]["result"] is True and states["mysqlrepl-csr"]["changes"], states
+    tls_state = states["mysqlrepl-tls"]
+    assert tls_state["result"] is False
+    assert "waiting for: server certificate: CA minion db1 has not signed the current CSR yet" in tls_state["comment"]
+    for later in ("mysqlrepl-server", "mysqlrepl-users", "mysqlrepl-replication"):
+        assert states[later]["result"] is False and not states[later]["changes"]
+        assert "requisite failed" in states[later]["comment"]
+    assert changes_of(ret)["db2"] == {}
+    ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
+    assert orch_failures(ret) == {}, ret
+    assert db3.pid() == pid
+    assert replica_status(db3)["Slave_IO_Running"] == "Yes"
+    ret = apply(salt_cli)
+    assert changes_of(ret) == {n: {} for n in NAMES}, ret
