@@ -162,11 +162,7 @@ def test_restart_only_when_pillar_allows(topology, mariadb_servers, write_pillar
 def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_servers, salt_cli):
     """db3 repointed to db2 by hand: the state refuses, names both, and leaves db3 where it is."""
     db3 = mariadb_servers["db3"]
-    conn = db3.connect()
-    with conn.cursor() as cur:
-        for stmt in ("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.12'", "START SLAVE"):
-            cur.execute(stmt)
-    conn.close()
+    db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.12'", "START SLAVE")
     try:
         wait_for(lambda: (db3.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_IO_Running") == "Yes",
                  what="db3 replicating from db2")
@@ -179,11 +175,7 @@ def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_s
             assert all_ok(ret).keys() == {"db3"}
         assert db3.query("SHOW SLAVE STATUS")[0]["Master_Host"] == "127.0.0.12"
     finally:
-        conn = db3.connect()
-        with conn.cursor() as cur:
-            for stmt in ("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.11'", "START SLAVE"):
-                cur.execute(stmt)
-        conn.close()
+        db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.11'", "START SLAVE")
     ret = apply(salt_cli)
     assert all_ok(ret) == {}, ret
 
@@ -194,11 +186,7 @@ def test_a_replica_stopped_on_an_sql_error_stays_failed(topology, mariadb_server
     db1.query("CREATE DATABASE IF NOT EXISTS app")
     db1.query("CREATE TABLE IF NOT EXISTS app.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64))")
     wait_for(lambda: db3.query("SHOW TABLES FROM app LIKE 't'"), what="app.t on db3")
-    conn = db3.connect()
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION sql_log_bin = 0")
-        cur.execute("INSERT INTO app.t (id, v) VALUES (900001, 'local')")
-    conn.close()
+    db3.session("SET SESSION sql_log_bin = 0", "INSERT INTO app.t (id, v) VALUES (900001, 'local')")
     db1.query("INSERT INTO app.t (id, v) VALUES (900001, 'from-master')")
     wait_for(lambda: db3.query("SHOW SLAVE STATUS")[0]["Last_SQL_Errno"] == 1062, what="1062 on db3")
     try:
@@ -211,11 +199,7 @@ def test_a_replica_stopped_on_an_sql_error_stays_failed(topology, mariadb_server
         state = next(s for s in state_returns(ret)["db3"] if s["__id__"] == "mysqlrepl-replication")
         assert "1062" in state["comment"], state
     finally:
-        conn = db3.connect()
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION sql_log_bin = 0")
-            cur.execute("DELETE FROM app.t WHERE id = 900001")
-        conn.close()
+        db3.session("SET SESSION sql_log_bin = 0", "DELETE FROM app.t WHERE id = 900001")
     ret = apply(salt_cli)
     assert all_ok(ret) == {}, ret
     assert db3.query("SELECT v FROM app.t WHERE id = 900001")[0]["v"] == "from-master"
@@ -233,11 +217,7 @@ def test_password_rotation_reaches_the_replicas_in_the_same_run(topology, mariad
     assert all_ok(ret) == {}, ret
     for name in ("db2", "db3"):
         srv = mariadb_servers[name]
-        conn = srv.connect()
-        with conn.cursor() as cur:
-            cur.execute("STOP SLAVE")
-            cur.execute("START SLAVE")
-        conn.close()
+        srv.session("STOP SLAVE", "START SLAVE")
         # a fresh connection to the master authenticates with the new password
         wait_for(lambda s=srv: s.query("SHOW SLAVE STATUS")[0]["Slave_IO_Running"] == "Yes", what=f"{name} IO")
         assert srv.query("SHOW SLAVE STATUS")[0]["Last_IO_Errno"] == 0

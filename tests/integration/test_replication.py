@@ -17,7 +17,7 @@ import time
 import pymysql
 import pytest
 
-from tests.support.topology import (NAMES, PASSWORD, all_ok, apply, changes_of, orch_failures,
+from tests.support.topology import (NAMES, all_ok, apply, changes_of, orch_failures,
                                     repl_connect, replica_status, state_returns, wait_for)
 
 pytestmark = [pytest.mark.integration]
@@ -133,12 +133,7 @@ def test_drift_is_listed_by_test_run_fixed_by_real_run(topology, mariadb_servers
     db2.query("STOP SLAVE")
     db2.query("CHANGE MASTER TO MASTER_SSL_VERIFY_SERVER_CERT=0")
     db2.query("START SLAVE")
-    db1.query("SET SESSION sql_log_bin=0")
-    conn = db1.connect()
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION sql_log_bin=0")
-        cur.execute("ALTER USER 'repl'@'%' REQUIRE NONE")
-    conn.close()
+    db1.session("SET SESSION sql_log_bin=0", "ALTER USER 'repl'@'%' REQUIRE NONE")
     os.chmod(db3.root / "tls" / "server.key", 0o644)
     dropin = db2.conf_d / "60-mysqlrepl.cnf"
     dropin.write_text(dropin.read_text().replace("sync_binlog = 1", "sync_binlog = 0"))

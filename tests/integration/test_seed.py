@@ -195,11 +195,7 @@ def test_require_subject_pins_the_replication_account(topology, mariadb_servers,
 def test_highstate_refuses_a_never_seeded_replica_and_the_runner_seeds_it(
         topology, mariadb_servers, salt_cli, salt_run_cli):
     db3 = mariadb_servers["db3"]
-    conn = db3.connect()
-    with conn.cursor() as cur:
-        for stmt in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL gtid_slave_pos = ''"):
-            cur.execute(stmt)
-    conn.close()
+    db3.session("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL gtid_slave_pos = ''")
     ret = apply(salt_cli)
     assert all_ok(ret).keys() == {"db3"}, ret
     state = next(s for s in ret.data["db3"].values() if s["__id__"] == "mysqlrepl-replication")

@@ -216,6 +216,16 @@ class MariaDBServer:
         finally:
             conn.close()
 
+    def session(self, *statements):
+        """Run several statements in order on one connection (session settings carry over)."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                for sql in statements:
+                    cur.execute(sql)
+        finally:
+            conn.close()
+
 
 # ---------------------------------------------------------------------------
 # helpers
