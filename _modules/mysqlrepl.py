@@ -642,6 +642,11 @@ def _config_plan(cfg, srv):
         else:
             static = {"log_bin", "log_slave_updates", "relay_log", "relay_log_recovery",
                       "report_host", "report_port", "ssl_ca", "ssl_cert", "ssl_key", "bind_address"}
+        if version.is_mariadb:
+            # the switch's precheck reads LOCK TABLES / FTWRL / BACKUP STAGE holders from it
+            row = _one(conn, _sql("METADATA_LOCK_PLUGIN"))
+            if not row or row["status"] != "ACTIVE":
+                plan["plugins"] = ["metadata_lock_info"]
     for key, want in desired:
         if key in ("read_only",):
             continue  # managed at runtime by role (mysqlrepl.master / mysqlrepl.replica)
@@ -687,6 +692,8 @@ def config_apply(server=None, test=False):
     live_set = {k: v for k, v in plan["live"].items() if k not in plan["restart"]}
     for key, (have, want) in live_set.items():
         changes[f"variable {key}"] = {"old": have, "new": want}
+    for plugin in plan.get("plugins", []):
+        changes[f"plugin {plugin}"] = {"old": "not loaded", "new": "loaded"}
     if restart:
         changes["restart"] = f"needed for {', '.join(sorted(plan['restart']))}"
         if not srv["restart_allowed"]:
@@ -708,6 +715,14 @@ def config_apply(server=None, test=False):
                     _run(conn, _sql("set_global")(key, _set_value(want)))
                 except CommandExecutionError as exc:
                     raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
+    if plan.get("plugins"):
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            _run(conn, _sql("SESSION_NO_BINLOG"))
+            try:
+                _run(conn, _sql("INSTALL_METADATA_LOCK_PLUGIN"))
+            except CommandExecutionError as exc:
+                raise CommandExecutionError(f"INSTALL SONAME 'metadata_lock_info': {exc}") from exc
     if plan["file"]:
         _write_file(srv["config_file"], _u("mysqlrepl_config.render_dropin")(cfg, srv["name"]),
                     mode=0o644)
@@ -808,6 +823,19 @@ def _users_plan(cfg, conn):
         grants = " ".join(next(iter(r.values())) for r in _run(conn, _sql("show_grants")(repl["user"], repl["host"])))
         if "REPLICATION SLAVE" not in grants.upper() and "REPLICATION REPLICA" not in grants.upper():
             plan["grant"] = "REPLICATION SLAVE missing"
+    admin = cfg["admin"]
+    if admin.get("password"):
+        row = _one(conn, _sql("select_account")(admin["user"], admin["host"]))
+        if row is None:
+            plan["admin"] = f"create {admin['user']}@{admin['host']} (X509)"
+        elif row["ssl_type"] != "X509" or (
+                version.is_mariadb and row["auth"] != _sql("native_password_hash")(admin["password"])):
+            plan["admin"] = "requirements or password differ (not shown)"
+        else:
+            grants = " ".join(next(iter(r.values()))
+                              for r in _run(conn, _sql("show_grants")(admin["user"], admin["host"])))
+            if "READ_ONLY ADMIN" not in grants.upper() and version.is_mariadb:
+                plan["admin"] = "READ_ONLY ADMIN missing"
     anonymous = _run(conn, _sql("SELECT_ANONYMOUS"))
     if anonymous:
         plan["anonymous"] = [f"''@{r['host']}" for r in anonymous]
@@ -843,6 +871,10 @@ def users_apply(server=None, test=False):
             for stmt in _sql("create_replication_user")(version, repl["user"], repl["host"],
                                                        repl["password"], repl["require"],
                                                        subject=subject, issuer=issuer):
+                _run(conn, stmt)
+        if "admin" in plan:
+            admin = cfg["admin"]
+            for stmt in _sql("create_admin_user")(version, admin["user"], admin["host"], admin["password"]):
                 _run(conn, stmt)
         for row in _run(conn, _sql("SELECT_ANONYMOUS")):
             _run(conn, _sql("drop_user")("", row["host"]))
@@ -962,8 +994,11 @@ def _link_diff(want, have):
     return diff
 
 
-def _topology_conflict(cfg, srv, rs):
-    """Refuse when the live topology is not the one pillar describes."""
+def _topology_conflict(cfg, srv, rs, repoint_from=None):
+    """
+    Refuse when the live topology is not the one pillar describes.
+    ``repoint_from``: a switch moves replicas of that (old) master.
+    """
     master = cfg["servers"][cfg["master"]]
     if srv["name"] == cfg["master"]:
         if rs is not None:
@@ -971,6 +1006,10 @@ def _topology_conflict(cfg, srv, rs):
                     f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
                     "refusing to repoint anything (fix mysqlrepl:master or the servers)")
         return None
+    if repoint_from is not None and rs is not None:
+        prev = cfg["servers"][repoint_from]
+        if (rs["host"], rs["port"]) == (prev["address"], prev["port"]):
+            return None
     if rs is not None and (rs["host"], rs["port"]) != (master["address"], master["port"]):
         known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
         who = known.get((rs["host"], rs["port"]), "a server outside the topology")
@@ -994,7 +1033,8 @@ def replication_check(server=None):
     return replication_apply(server, test=True)
 
 
-def replication_apply(server=None, test=False, seeded=False):
+def replication_apply(server=None, test=False, seeded=False, master=None, demote=False,
+                      repoint_from=None, switch_jid=None):
     """
     Make the server's replication role match pillar.
 
@@ -1010,6 +1050,14 @@ def replication_apply(server=None, test=False, seeded=False):
     When the live topology differs from pillar it refuses and says why.
     ``seeded=True`` (used by ``seed_receive``) skips the never-seeded check for a
     replica restored from a master that had no GTID yet.
+
+    The switch (``salt-run mysqlrepl.switch``) passes the new ``master``, its
+    ``switch_jid``, ``repoint_from`` (the old master: replicas of it may be
+    repointed) and ``demote=True`` for the old master (``CHANGE MASTER ...
+    MASTER_DEMOTE_TO_SLAVE=1``: it keeps its own GTIDs). Otherwise, while the
+    master record shows a switch in progress, nothing is changed, and a
+    server that is writable and not replicating is never turned into a
+    replica here: only the switch demotes a master.
     Returns ``{"result", "changes", "comment"}``.
 
     CLI Example:
@@ -1019,13 +1067,23 @@ def replication_apply(server=None, test=False, seeded=False):
         salt 'db2*' mysqlrepl.replication_apply test=True
     """
     cfg = _cfg()
+    if master is not None:
+        if master not in cfg["servers"]:
+            raise SaltInvocationError(f"unknown server {master!r}")
+        cfg = dict(cfg, master=master)
+    switching = cfg.get("switching")
+    if switching and switch_jid != switching.get("jid"):
+        return {"result": False, "changes": {},
+                "comment": (f"a switch from {switching.get('from')} to {switching.get('to')} is in progress "
+                            f"(jid {switching.get('jid')}, since {switching.get('since')}): replication is "
+                            "left alone until it ends; if it died, `salt-run mysqlrepl.record` says what to do")}
     srv = _server(server)
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
         version = _version(conn)
-        variables = _variables(conn, ["read_only", "gtid_slave_pos", "have_ssl"])
+        variables = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "have_ssl"])
         rs = _replica_status(conn, version)
-        conflict = _topology_conflict(cfg, srv, rs)
+        conflict = _topology_conflict(cfg, srv, rs, repoint_from=repoint_from)
         if conflict:
             return {"result": False, "changes": {}, "comment": conflict}
         if srv["name"] == cfg["master"]:
@@ -1035,22 +1093,47 @@ def replication_apply(server=None, test=False, seeded=False):
             if test:
                 return {"result": None, "changes": changes,
                         "comment": f"{srv['name']} (master of record) would be made writable"}
+            if switch_jid is None:
+                stale = _record_moved(srv["name"])
+                if stale:
+                    return {"result": False, "changes": {}, "comment": stale}
             _run(conn, _sql("set_read_only")(False))
             return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable"}
         # replica
         changes = {}
+        threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
         if variables["read_only"] != "ON":
+            if not threads_ok and (rs is not None or variables.get("gtid_slave_pos") or seeded or demote):
+                # writable and not replicating: it acts as a master. Demoting it
+                # here could strand writes; only the switch does that, read-only first.
+                return {"result": False, "changes": {},
+                        "comment": (f"{srv['name']} is writable and not replicating (it acts as a master) "
+                                    f"but the master of record is {cfg['master']}: refusing to demote it; "
+                                    "if a switch was interrupted, `salt-run mysqlrepl.record` says what to do")}
             changes["read_only"] = {"old": variables["read_only"], "new": "ON"}
         want = _desired_link(cfg, srv)
         if rs is None:
-            if not variables.get("gtid_slave_pos") and not seeded:
+            if not variables.get("gtid_slave_pos") and not seeded and not demote:
                 return {"result": False, "changes": {},
                         "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
                                     f"run salt-run state.orchestrate mysqlrepl.orch.setup "
                                     f"(or salt-run mysqlrepl.seed replica={srv['name']}); nothing changed")}
-            diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} TLS verified, GTID"}}
+            if (not demote and not seeded and version.is_mariadb
+                    and not _u("mysqlrepl_switch.position_reached")(variables.get("gtid_slave_pos"),
+                                                                     variables.get("gtid_binlog_pos"))):
+                return {"result": False, "changes": {},
+                        "comment": (f"{srv['name']} replicates from nobody and has transactions of its own "
+                                    f"({variables.get('gtid_binlog_pos')}): it was a master. Check it has "
+                                    f"nothing {cfg['master']} lacks, then `salt-run mysqlrepl.rejoin "
+                                    f"server={srv['name']}`; nothing changed")}
+            diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} TLS verified, GTID"
+                                                 + (" (demoted, keeps its GTIDs)" if demote else "")}}
         else:
             diff = _link_diff(want, rs)
+        enabled_events = [e for e in _run(conn, _sql("EVENTS")) if e["status"] == "ENABLED"]
+        if enabled_events:
+            changes["events"] = {"old": [f"{e['db']}.{e['name']} ENABLED" for e in enabled_events],
+                                 "new": "DISABLE ON SLAVE"}
         hb = None
         if rs is not None:
             hb_row = _run(conn, _sql("SLAVE_HEARTBEAT_PERIOD"))
@@ -1061,7 +1144,6 @@ def replication_apply(server=None, test=False, seeded=False):
                                or _link_password_stale(srv, cfg["replication"]["password"])):
             diff["password"] = "differs from pillar (not shown): re-sending credentials"
         changes.update(diff)
-        threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
         if not diff and not threads_ok:
             changes["threads"] = {"old": _threads_text(rs), "new": "IO Yes, SQL Yes"}
         if test:
@@ -1070,6 +1152,10 @@ def replication_apply(server=None, test=False, seeded=False):
                                 else f"replicates from {cfg['master']} as pillar says")}
         if "read_only" in changes:
             _run(conn, _sql("set_read_only")(True))
+        if enabled_events:
+            _run(conn, _sql("SESSION_NO_BINLOG"))
+            for event in enabled_events:
+                _run(conn, _sql("alter_event")(event["db"], event["name"], False))
         if diff:
             _run(conn, _sql("stop_replica")(version))
             _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
@@ -1079,6 +1165,7 @@ def replication_apply(server=None, test=False, seeded=False):
                 verify_server_cert=cfg["tls"]["verify_server_cert"],
                 connect_retry=cfg["replication"]["connect_retry"],
                 heartbeat_period=cfg["replication"]["heartbeat_period"],
+                demote=demote and rs is None,
             ))
         if diff or not threads_ok:
             _run(conn, _sql("start_replica")(version))
@@ -1089,6 +1176,26 @@ def replication_apply(server=None, test=False, seeded=False):
         return {"result": True, "changes": changes,
                 "comment": (f"replicates from {cfg['master']}: " + ", ".join(sorted(changes)) + " fixed"
                             if changes else f"replicates from {cfg['master']} as pillar says")}
+
+
+def _record_moved(name):
+    """
+    Before a highstate makes a read-only master of record writable: does the
+    master's record (fresh pillar, not this job's copy) still name it, with no
+    switch in progress? Returns the refusal text, or ``None``.
+    """
+    try:
+        fresh = (__salt__["pillar.items"](unmask=True).get("mysqlrepl") or {})
+    except Exception as exc:  # pylint: disable=broad-except
+        return f"cannot read a fresh pillar to confirm {name} is still the master of record ({exc}); nothing changed"
+    if fresh.get("switching"):
+        sw = fresh["switching"]
+        return (f"a switch from {sw.get('from')} to {sw.get('to')} is in progress (jid {sw.get('jid')}): "
+                f"{name} stays read-only")
+    if fresh.get("master") != name:
+        return (f"the master record now names {fresh.get('master')}, not {name}: {name} stays read-only "
+                "(refresh the pillar and apply again)")
+    return None
 
 
 def _threads_text(rs):
@@ -1454,3 +1561,234 @@ def dump(path, server=None, databases=None):
     if proc.returncode != 0:
         raise CommandExecutionError(f"mariadb-dump failed: {proc.stderr.decode(errors='replace').strip()}")
     return {"path": path, "bytes": os.path.getsize(path), "seconds": round(time.monotonic() - started, 3)}
+
+
+# ---------------------------------------------------------------------------
+# planned switchover (driven by salt-run mysqlrepl.switch)
+# ---------------------------------------------------------------------------
+
+_SYSTEM_ACCOUNTS = {("root", "localhost"), ("mysql", "localhost"), ("mariadb.sys", "localhost")}
+
+
+def _exempt_accounts(cfg, srv):
+    """Accounts allowed to write through read_only: mysqlrepl's, the local admin, operator-listed."""
+    exempt = set(_SYSTEM_ACCOUNTS)
+    exempt.add((cfg["replication"]["user"], cfg["replication"]["host"]))
+    exempt.add((cfg["admin"]["user"], cfg["admin"]["host"]))
+    local = _u("mysqlrepl_db.local_params")(srv, __opts__)
+    exempt.add((local["user"], "localhost"))
+    for entry in cfg["switch"]["admin_users"]:
+        user, _, host = entry.rpartition("@")
+        exempt.add((user, host))
+    return exempt
+
+
+def switch_facts(server=None):
+    """
+    What the switch's prechecks need from one server, read in one connection;
+    changes nothing: version, variables, GTID state, replica status, Binlog
+    Dump threads and their ciphers, accounts and events that can write
+    through ``read_only``, open transactions, blocking locks (LOCK TABLES,
+    FTWRL, BACKUP STAGE), a ``mysqlrepl.lock`` lease, TLS files.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.switch_facts
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    switch = _u("mysqlrepl_switch.read_only_bypass")
+    definer = _u("mysqlrepl_switch.definer_can_bypass")
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        variables = _variables(conn, ["read_only", "log_bin", "log_slave_updates", "server_id",
+                                      "gtid_domain_id", "have_ssl", "event_scheduler", "gtid_strict_mode",
+                                      "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled"])
+        gtid = _one(conn, _sql("gtid_state")(version))
+        replica = _replica_status(conn, version)
+        try:
+            dumps = _run(conn, _sql("BINLOG_DUMP_CIPHERS"))
+        except CommandExecutionError:
+            dumps = None
+        accounts = _run(conn, _sql("ACCOUNT_PRIVILEGES"))
+        roles = _run(conn, _sql("ROLE_GRANTS"))
+        events = _run(conn, _sql("EVENTS"))
+        transactions = _run(conn, _sql("INNODB_TRANSACTIONS"))
+        plugin = _one(conn, _sql("METADATA_LOCK_PLUGIN"))
+        if plugin and plugin["status"] == "ACTIVE":
+            locks = _run(conn, _sql("BLOCKING_LOCKS"))
+            locks_note = None
+        else:
+            locks = [{"id": None, "user": None, "mode": "table in use", "type": "Table lock",
+                      "db": r["Database"], "tbl": r["Table"]} for r in _run(conn, _sql("OPEN_TABLES_IN_USE"))]
+            locks_note = ("metadata_lock_info is not loaded (mysqlrepl.server loads it): FTWRL and "
+                          "BACKUP STAGE holders cannot be seen; the read_only budget still bounds them")
+        repl_account = _one(conn, _sql("select_account")(cfg["replication"]["user"], cfg["replication"]["host"]))
+        admin_account = _one(conn, _sql("select_account")(cfg["admin"]["user"], cfg["admin"]["host"]))
+    bypass = switch(accounts, roles, _exempt_accounts(cfg, srv))
+    for event in events:
+        event["bypass"] = definer(event["definer"], accounts, roles)
+    for row in transactions:
+        row["age_s"] = int(row["age_s"] or 0)
+        row["rows_modified"] = int(row["rows_modified"] or 0)
+    lease = _lease_info(srv)
+    tls_missing = [p for p in (srv["tls_files"]["ca"], srv["replication_cert"]["cert"],
+                               srv["replication_cert"]["key"]) if not os.path.exists(p)]
+    return {
+        "server": srv["name"],
+        "version": [version.flavor, list(version.number)],
+        "variables": variables,
+        "gtid": gtid,
+        "replica": replica,
+        "binlog_dumps": dumps,
+        "bypass_accounts": bypass,
+        "events": events,
+        "transactions": transactions,
+        "locks": locks,
+        "locks_note": locks_note,
+        "lease": lease,
+        "repl_account": bool(repl_account),
+        "admin_account": bool(admin_account and admin_account["ssl_type"] == "X509"),
+        "tls_missing": tls_missing,
+    }
+
+
+def _admin_connection(cfg, srv, peer, timeout=5):
+    """TCP+TLS connection from ``srv``'s minion to server ``peer`` as the switch's admin account."""
+    admin = cfg["admin"]
+    if not admin.get("password"):
+        raise CommandExecutionError("mysqlrepl:admin:password is not set: the switch needs its admin account")
+    return _u("mysqlrepl_db.connect_tls")(
+        peer["address"], peer["port"], admin["user"], admin["password"], srv["tls_files"]["ca"],
+        srv["replication_cert"]["cert"], srv["replication_cert"]["key"], connect_timeout=timeout,
+        verify_identity=cfg["tls"]["verify_server_cert"],
+    )
+
+
+def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
+    """
+    The switch's write block, run on the new master's minion with no Salt
+    round trip inside: the new master over its socket, the old one over
+    verified TLS as the admin account (both connections opened and tested
+    first). See ``_utils/mysqlrepl_switch.py`` ``critical_section`` for the
+    steps and the rules on failure. ``events``: ``[[db, name], ...]`` to enable
+    on the new master once it is writable. ``hold`` (fault drills):
+    ``{"after": step, "seconds": s}``.
+
+    Called by ``salt-run mysqlrepl.switch``, which runs the prechecks first; do
+    not call it by hand.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db2 mysqlrepl.switch_critical db1
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    if old not in cfg["servers"] or old == srv["name"]:
+        raise SaltInvocationError(f"old master must be another server of the topology, got {old!r}")
+    peer = cfg["servers"][old]
+    sw = cfg["switch"]
+    new_conn = _connect(srv)
+    try:
+        old_conn = _admin_connection(cfg, srv, peer)
+    except CommandExecutionError as exc:
+        new_conn.close()
+        raise CommandExecutionError(f"cannot reach the old master {old} as {cfg['admin']['user']} over TLS: {exc}")
+    closing = _u("mysqlrepl_db.closing")
+    with closing(new_conn), closing(old_conn):
+        version = _version(new_conn)
+        old_version = _version(old_conn)
+        # warm both connections and make sure of the starting point
+        if int(_one(old_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 0:
+            raise CommandExecutionError(f"{old} is already read-only: nothing to switch from; nothing changed")
+        if int(_one(new_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 1:
+            raise CommandExecutionError(f"{srv['name']} is writable before the switch; nothing changed")
+        wait_timeout = float(sw["catchup_timeout"])
+        # built here, not inside the window: a plain tuple with the position swapped in
+        wait_sql, wait_args = _sql("master_gtid_wait")(version, "", wait_timeout)
+        st = {
+            "budget_s": sw["lock_budget"],
+            "catchup_s": wait_timeout,
+            "old_read_only": _sql("set_read_only")(True, sw["lock_budget"]),
+            "old_writable": _sql("set_read_only")(False),
+            "gtid_pos": _sql("gtid_position")(old_version),
+            "wait": lambda pos: (wait_sql, (pos,) + tuple(wait_args[1:])),
+            "stop_replica": _sql("stop_replica")(version),
+            "start_replica": _sql("start_replica")(version),
+            "new_writable": _sql("set_read_only")(False),
+            "replica_status": _sql("show_replica_status")(version),
+            "enable_events": [_sql("alter_event")(db, name, True) for db, name in (events or [])],
+        }
+        if st["enable_events"]:
+            _run(new_conn, _sql("SESSION_NO_BINLOG"))
+        endpoint = _u("mysqlrepl_switch.endpoint")
+        run = _u("mysqlrepl_db.run")
+        out = _u("mysqlrepl_switch.critical_section")(
+            endpoint(old, old_conn, run), endpoint(srv["name"], new_conn, run), st, hold=hold)
+        out["killed_sessions"] = []
+        if out["outcome"] == "promoted" and sw["kill_app_sessions"]:
+            exempt = {u for u, _h in _exempt_accounts(cfg, peer)} | {cfg["admin"]["user"]}
+            try:
+                for row in _run(old_conn, _sql("APP_SESSIONS")):
+                    if row["user"] in exempt:
+                        continue
+                    try:
+                        _run(old_conn, _sql("kill_connection")(row["id"]))
+                        out["killed_sessions"].append(row["id"])
+                    except CommandExecutionError:
+                        pass  # gone already
+            except CommandExecutionError as exc:
+                out["kill_error"] = str(exc)
+    out["switch_jid"] = switch_jid
+    return out
+
+
+def switch_finish_new(server=None):
+    """
+    After the write block: the new master forgets its old replication link
+    (``RESET SLAVE ALL``). Read-only on disk stays ON (a restart comes back read-only).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db2 mysqlrepl.switch_finish_new
+    """
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        version = _version(conn)
+        if int(_one(conn, _sql("SELECT_READ_ONLY"))["ro"]) != 0:
+            raise CommandExecutionError(f"{srv['name']} is not writable: it was not promoted; nothing changed")
+        rs = _replica_status(conn, version)
+        if rs is not None:
+            _run(conn, _sql("stop_replica")(version))
+            _run(conn, _sql("reset_replica_all")(version))
+        return {"server": srv["name"], "reset": rs is not None,
+                "pos": _one(conn, _sql("gtid_position")(version))["pos"]}
+
+
+def set_read_only(on=True, server=None):
+    """
+    ``SET GLOBAL read_only`` on a server of this minion (the switch uses it to
+    put an old master back after a failed switch, and to keep every server
+    read-only when it stops).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.set_read_only true
+    """
+    if isinstance(on, str):
+        on = on.strip().lower() in ("1", "true", "yes", "on")
+    srv = _server(server)
+    conn = _connect(srv)
+    with _u("mysqlrepl_db.closing")(conn):
+        _run(conn, _sql("set_read_only")(bool(on)))
+        return {"server": srv["name"], "read_only": int(_one(conn, _sql("SELECT_READ_ONLY"))["ro"])}

@@ -12,9 +12,18 @@ CLI Example:
 
     salt-run mysqlrepl.topology
     salt-run mysqlrepl.seed replica=db2
+    salt-run mysqlrepl.switch new_master=db2 dry_run=True
+    salt-run mysqlrepl.record
 """
 
+import concurrent.futures
+import contextlib
+import datetime
+import fcntl
+import json
 import logging
+import os
+import re
 import threading
 import time
 
@@ -131,8 +140,13 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
     ret = {"result": True, "seeded": {}, "skipped": {}, "comment": ""}
     try:
         cfg = _topology(topology)
+        with _topology_lock(cfg["topology"], "seed"):
+            return _seed(cfg, replica, force, timeout, ret)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _fail(ret, str(exc))
+
+
+def _seed(cfg, replica, force, timeout, ret):
     master = cfg["servers"][cfg["master"]]
     timeout = int(timeout or cfg["seed"]["timeout"])
     if replica is not None and replica not in cfg["servers"]:
@@ -202,3 +216,591 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
                   tag=f"seed/{name}/done", replica=name)
     ret["comment"] = (f"seeded {', '.join(ret['seeded'])}" if ret["seeded"] else "nothing to seed")
     return ret
+
+
+# ---------------------------------------------------------------------------
+# one operation at a time per topology
+# ---------------------------------------------------------------------------
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _state_dir():
+    path = os.path.join(__opts__["cachedir"], "mysqlrepl")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _record_path(topology):  # pylint: disable=redefined-outer-name
+    if not _NAME_RE.match(topology or ""):
+        raise SaltInvocationError(f"invalid topology name {topology!r}")
+    return os.path.join(_state_dir(), f"{topology}.json")
+
+
+@contextlib.contextmanager
+def _topology_lock(topology, operation):  # pylint: disable=redefined-outer-name
+    """
+    The topology's one lock (seed, switch): an exclusive ``flock`` on
+    ``<cachedir>/mysqlrepl/<topology>.lock`` held by this process for the whole
+    operation; the kernel drops it if the process dies. A second operation
+    fails at once, naming the one that holds it.
+    """
+    path = os.path.join(_state_dir(), f"{topology}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise CommandExecutionError(
+                f"another mysqlrepl operation holds topology {topology}: {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"operation": operation, "pid": os.getpid(),
+                                  "since": _now()}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------
+# the master record (read by the formula's ext_pillar)
+# ---------------------------------------------------------------------------
+
+def _read_record(topology):  # pylint: disable=redefined-outer-name
+    try:
+        with open(_record_path(topology), encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def _write_record(topology, record):  # pylint: disable=redefined-outer-name
+    """Atomically: write a temp file, fsync, rename, fsync the directory."""
+    path = _record_path(topology)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _new_record(cfg, master, previous=None, switching=None, **extra):
+    rec = {
+        "topology": cfg["topology"],
+        "master": master,
+        "address": cfg["servers"][master]["address"],
+        "port": cfg["servers"][master]["port"],
+        "previous": previous,
+        "since": _now(),
+    }
+    if switching:
+        rec["switching"] = switching
+    rec.update(extra)
+    return rec
+
+
+def record(topology=None):  # pylint: disable=redefined-outer-name
+    """
+    The master record of a topology: who the master is since the last switch
+    (``mysqlrepl:master`` and ``infra:hosts_entries:masterdb`` in every minion's
+    pillar come from it), or that none exists yet (the pillar files rule).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.record
+        salt-run mysqlrepl.record topology=production
+    """
+    try:
+        name = topology or _topology(None)["topology"]
+        rec = _read_record(name)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _fail({"result": False}, str(exc))
+    if rec is None:
+        return {"result": True, "topology": name, "record": None,
+                "comment": f"no record for {name}: mysqlrepl:master in the pillar files rules"}
+    comment = f"{name}: master is {rec['master']} ({rec['address']}) since {rec['since']}"
+    if rec.get("switching"):
+        sw = rec["switching"]
+        comment += (f"; a switch from {sw.get('from')} to {sw.get('to')} is marked {sw.get('phase')} "
+                    f"(jid {sw.get('jid')}): states leave replication alone. If no switch runs, find which "
+                    "server is writable (salt-run mysqlrepl.topology_status) and set the record with "
+                    "salt-run mysqlrepl.record_set master=<that server>")
+    return {"result": True, "topology": name, "record": rec, "comment": comment}
+
+
+def record_set(master, topology=None, clear=False):  # pylint: disable=redefined-outer-name
+    """
+    Set the master record by hand (after a switch that stopped, or to return
+    to the pillar files with ``clear=True``) and refresh the db minions'
+    pillar. Changes no server: the next highstate makes the named master
+    writable if it is the only candidate.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.record_set master=db1
+        salt-run mysqlrepl.record_set master=db1 clear=True
+    """
+    try:
+        cfg = _topology(topology)
+        if master not in cfg["servers"]:
+            raise SaltInvocationError(f"unknown server {master!r}")
+        with _topology_lock(cfg["topology"], "record_set"):
+            if clear:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(_record_path(cfg["topology"]))
+            else:
+                _write_record(cfg["topology"], _new_record(cfg, master, previous=cfg["master"], jid="manual"))
+            _refresh_pillar(cfg)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _fail({"result": False}, str(exc))
+    return record(cfg["topology"])
+
+
+def _minions(cfg):
+    return sorted({srv["minion"] for srv in cfg["servers"].values()})
+
+
+def _refresh_pillar(cfg):
+    minions = _minions(cfg)
+    res = _client().cmd(minions, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="list",
+                        timeout=30)
+    missing = [m for m in minions if res.get(m) is not True]
+    if missing:
+        raise CommandExecutionError(f"pillar refresh failed on {', '.join(missing)}: "
+                                    f"{ {m: res.get(m) for m in missing} }")
+
+
+def _parallel(calls, timeout=60):
+    """``{key: (minion, fun, args, kwargs)}`` -> ``{key: (ok, result or error text)}``, run at once."""
+    out = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = {key: pool.submit(_call, m, f, a, k, timeout) for key, (m, f, a, k) in calls.items()}
+        for key, fut in futures.items():
+            try:
+                out[key] = (True, fut.result())
+            except (CommandExecutionError, SaltInvocationError) as exc:
+                out[key] = (False, str(exc))
+            except Exception as exc:  # pylint: disable=broad-except
+                out[key] = (False, f"{type(exc).__name__}: {exc}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# planned switchover
+# ---------------------------------------------------------------------------
+
+def _check(checks, name, ok, detail):
+    checks.append({"check": name, "ok": bool(ok), "detail": detail})
+
+
+def _prechecks(cfg, facts, old, new):
+    """Every precheck, each with its name and reason; nothing is changed by any of them."""
+    checks = []
+    unreachable = {n: f for n, f in facts.items() if not isinstance(f, dict)}
+    _check(checks, "reachable", not unreachable,
+           "every server answered" if not unreachable else
+           "; ".join(f"{n}: {err}" for n, err in sorted(unreachable.items())))
+    if new not in facts or old not in facts or not isinstance(facts[new], dict) \
+            or not isinstance(facts[old], dict):
+        return checks
+    fn, fo = facts[new], facts[old]
+    srv_old = cfg["servers"][old]
+    sw = cfg["switch"]
+    rec = cfg.get("switching")
+    _check(checks, "no switch in progress", not rec,
+           "none" if not rec else f"the record shows a switch from {rec.get('from')} to {rec.get('to')} "
+                                  f"marked {rec.get('phase')}: see salt-run mysqlrepl.record")
+    # versions
+    flavors = {n: f["version"][0] for n, f in facts.items() if isinstance(f, dict)}
+    not_maria = sorted(n for n, fl in flavors.items() if fl != "mariadb")
+    newer = sorted(n for n, f in facts.items() if isinstance(f, dict) and n != new
+                   and tuple(f["version"][1][:2]) < tuple(fn["version"][1][:2]))
+    _check(checks, "versions compatible", not not_maria and not newer,
+           "all MariaDB; no replica older than the new master" if not not_maria and not newer else
+           (f"the switch supports MariaDB only (not: {', '.join(not_maria)})" if not_maria else
+            f"{', '.join(newer)} run an older MariaDB than {new} "
+            f"({'.'.join(map(str, fn['version'][1]))}): a replica must not be older than its master"))
+    # the new master replicates from the old one, over verified TLS, caught up
+    rs = fn["replica"]
+    if rs is None:
+        _check(checks, "new master replicates from the current master", False,
+               f"{new} replicates from nobody")
+    else:
+        problems = []
+        if (rs["host"], rs["port"]) != (srv_old["address"], srv_old["port"]):
+            problems.append(f"it replicates from {rs['host']}:{rs['port']}, not {old} "
+                            f"({srv_old['address']}:{srv_old['port']})")
+        if rs["io_running"] != "Yes" or rs["sql_running"] != "Yes":
+            problems.append(f"IO thread {rs['io_running']}, SQL thread {rs['sql_running']}"
+                            + (f" ({rs['last_sql_errno']}: {rs['last_sql_error']})" if rs["last_sql_errno"] else "")
+                            + (f" ({rs['last_io_errno']}: {rs['last_io_error']})" if rs["last_io_errno"] else ""))
+        if rs["ssl_allowed"] != "Yes" or rs["ssl_verify_server_cert"] != "Yes":
+            problems.append(f"TLS {rs['ssl_allowed']}, server certificate verified {rs['ssl_verify_server_cert']}")
+        if rs["using_gtid"] not in ("Slave_Pos", "Current_Pos"):
+            problems.append(f"not using GTID ({rs['using_gtid']})")
+        _check(checks, "new master replicates from the current master", not problems,
+               f"{new} replicates from {old} over verified TLS, both threads running" if not problems
+               else f"{new}: " + "; ".join(problems))
+        lag = rs["seconds_behind"]
+        lag_ok = lag is not None and int(lag) <= sw["max_lag"]
+        _check(checks, "lag", lag_ok, f"{new} is {lag}s behind {old} (limit {sw['max_lag']}s, "
+                                      "mysqlrepl:switch:max_lag)")
+    v = fn["variables"]
+    _check(checks, "binary log", v.get("log_bin") == "ON" and v.get("log_slave_updates") == "ON",
+           f"{new}: log_bin {v.get('log_bin')}, log_slave_updates {v.get('log_slave_updates')} "
+           "(both needed so the other replicas can follow it)")
+    missing = []
+    if not fn["repl_account"]:
+        missing.append(f"replication account {cfg['replication']['user']} missing on {new}")
+    if fn["tls_missing"]:
+        missing.append(f"TLS files missing on {new}: {', '.join(fn['tls_missing'])}")
+    if not cfg["admin"].get("password"):
+        missing.append("mysqlrepl:admin:password is not set (the switch's admin account)")
+    elif not fo["admin_account"]:
+        missing.append(f"admin account {cfg['admin']['user']} (REQUIRE X509) missing on {old}: "
+                       "apply mysqlrepl.server there")
+    _check(checks, "accounts and certificates", not missing, "present" if not missing else "; ".join(missing))
+    errant = __utils__["mysqlrepl_switch.errant_gtids"](fn["gtid"]["binlog_state"], fo["gtid"]["binlog_state"])
+    _check(checks, "no errant transactions", not errant,
+           f"{new}'s gtid_binlog_state holds nothing {old} lacks" if not errant else
+           f"{new} has transactions {old} never had: {', '.join(errant)} "
+           "(by MariaDB's rules: (domain, server_id) sequences beyond the old master's gtid_binlog_state)")
+    # the old master: nothing that would hold read_only up or write through it
+    if fo["variables"].get("read_only") != "OFF":
+        _check(checks, "old master writable", False, f"{old} is already read-only")
+    if fn["variables"].get("read_only") != "ON":
+        _check(checks, "new master read-only", False, f"{new} is writable: two writable servers already")
+    long_trx = [t for t in fo["transactions"]
+                if t["age_s"] >= sw["long_trx_seconds"] or t["rows_modified"] >= sw["large_trx_rows"]]
+    _check(checks, "no long or large transactions", not long_trx,
+           "none" if not long_trx else "; ".join(
+               f"{old}: connection {t['id']} ({t['user']}) open {t['age_s']}s, {t['rows_modified']} rows changed"
+               for t in long_trx) + f" (limits {sw['long_trx_seconds']}s / {sw['large_trx_rows']} rows)")
+    locks = fo["locks"]
+    lock_text = "; ".join(
+        f"connection {lk['id']} ({lk['user']}) holds {lk['mode']}"
+        + (f" on {lk['db']}.{lk['tbl']}" if lk.get("tbl") else "") for lk in locks)
+    _check(checks, "no locks holding read_only up", not locks,
+           (f"{old}: {lock_text}" if locks else "none") + (f" ({fo['locks_note']})" if fo["locks_note"] else ""))
+    leases = [n for n, f in facts.items() if isinstance(f, dict) and f["lease"]]
+    _check(checks, "no mysqlrepl.lock lease", not leases,
+           "none" if not leases else f"mysqlrepl.lock holds {', '.join(leases)}: run mysqlrepl.unlock first")
+    bypass = fo["bypass_accounts"]
+    _check(checks, "no app user can write through read_only", not bypass,
+           "none" if not bypass else f"{old}: " + "; ".join(f"{a}: {how}" for a, how in sorted(bypass.items()))
+           + " (revoke it, or list real admin accounts in mysqlrepl:switch:admin_users)")
+    bad_events = [e for e in fo["events"] if e["status"] == "ENABLED" and e["bypass"]]
+    _check(checks, "no event can write through read_only", not bad_events,
+           "none" if not bad_events else f"{old}: " + "; ".join(
+               f"event {e['db']}.{e['name']} runs as {e['definer']} ({e['bypass']})" for e in bad_events))
+    return checks
+
+
+def _events_to_move(facts, old, new):
+    """Events enabled on the old master that the new one holds disabled (replicated): enable them there."""
+    enabled = {(e["db"], e["name"]) for e in facts[old]["events"] if e["status"] == "ENABLED"}
+    return sorted([e["db"], e["name"]] for e in facts[new]["events"]
+                  if (e["db"], e["name"]) in enabled and e["status"] != "ENABLED")
+
+
+def _plan(cfg, old, new, events):
+    sw = cfg["switch"]
+    replicas = sorted(n for n in cfg["servers"] if n not in (old, new))
+    srv_new = cfg["servers"][new]
+    steps = [
+        f"{old}: SET STATEMENT lock_wait_timeout={sw['lock_budget']} FOR SET GLOBAL read_only=1 "
+        f"(writes block from here; past {sw['lock_budget']}s the switch aborts with nothing changed)",
+        f"{old}: read @@gtid_binlog_pos",
+        f"{new}: MASTER_GTID_WAIT(<that position>, {sw['catchup_timeout']})",
+        f"{new}: STOP SLAVE",
+        f"{new}: SET GLOBAL read_only=0 (writes resume on {new})",
+    ]
+    steps += [f"{new}: ALTER EVENT {db}.{name} ENABLE" for db, name in events]
+    if sw["kill_app_sessions"]:
+        steps.append(f"{old}: KILL the app sessions left (mysqlrepl:switch:kill_app_sessions)")
+    steps += [
+        f"master record: master={new} (pillar mysqlrepl:master; apps' infra:hosts_entries:masterdb="
+        f"{srv_new['address']})",
+        f"{new}: RESET SLAVE ALL",
+        f"{old}: CHANGE MASTER TO {srv_new['address']}:{srv_new['port']} (verified TLS, GTID) "
+        "MASTER_DEMOTE_TO_SLAVE=1; START SLAVE; enabled events DISABLE ON SLAVE",
+    ]
+    steps += [f"{r}: CHANGE MASTER TO {srv_new['address']}:{srv_new['port']} (verified TLS, GTID slave_pos); "
+              "START SLAVE" for r in replicas]
+    steps.append(f"wait until {', '.join([old] + replicas)} run from {new}, TLS-verified, caught up")
+    changes = {old: {"read_only": "OFF -> ON", "replicates from": f"nobody -> {new}"},
+               new: {"read_only": "ON -> OFF", "replicates from": f"{old} -> nobody"}}
+    for r in replicas:
+        changes[r] = {"replicates from": f"{old} -> {new}"}
+    if events:
+        changes[new]["events enabled"] = [f"{db}.{name}" for db, name in events]
+    return steps, changes
+
+
+def _server_states(cfg):
+    """Role, read_only, link and TLS of every server (for the result)."""
+    calls = {n: (s["minion"], "mysqlrepl.status", [n], {}) for n, s in cfg["servers"].items()}
+    out = {}
+    for name, (ok, st) in _parallel(calls, timeout=30).items():
+        if not ok:
+            out[name] = {"reachable": False, "error": st}
+            continue
+        rs = st["replica"]
+        out[name] = {
+            "read_only": st["variables"].get("read_only"),
+            "gtid_binlog_pos": st["gtid"]["binlog_pos"],
+            "replicates_from": None if rs is None else f"{rs['host']}:{rs['port']}",
+            "threads": None if rs is None else f"IO {rs['io_running']}, SQL {rs['sql_running']}",
+            "tls_verified": None if rs is None else (rs["ssl_allowed"] == "Yes"
+                                                      and rs["ssl_verify_server_cert"] == "Yes"),
+            "binlog_dump_ciphers": [d.get("cipher") for d in st.get("binlog_dumps") or []],
+        }
+    return out
+
+
+def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5):  # pylint: disable=redefined-outer-name
+    """
+    Planned switchover: make ``new_master`` the master of the topology with a
+    write block of milliseconds and no lost row.
+
+    1. Prechecks on every server (nothing changes if one fails; each failure
+       names the check and the reason).
+    2. ``dry_run=True``: return the plan (steps, changes per server) and stop.
+    3. The critical section, on the new master's minion in one call (see
+       ``_utils/mysqlrepl_switch.py``): old master read-only within
+       ``mysqlrepl:switch:lock_budget``, its GTID position, MASTER_GTID_WAIT
+       on the new master, STOP SLAVE, new master writable.
+    4. The master record names the new master (ext_pillar: ``mysqlrepl:master``
+       and ``infra:hosts_entries:masterdb``), pillars are refreshed, the old
+       master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other replicas are
+       repointed in parallel over verified TLS with GTID; the switch waits until
+       every replica runs and has caught up.
+
+    Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
+    ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.switch new_master=db2 dry_run=True
+        salt-run mysqlrepl.switch new_master=db2
+    """
+    ret = {"result": False, "comment": "", "new_master": new_master, "prechecks": [], "timings": {}}
+    started = time.monotonic()
+    # names this switch in the record, the events and the minions' calls
+    jid = f"switch-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d%H%M%S%f')}-{os.getpid()}"
+    ret["jid"] = jid
+    try:
+        cfg = _topology(topology)
+        if new_master not in cfg["servers"]:
+            raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")
+        old = cfg["master"]
+        if new_master == old:
+            raise SaltInvocationError(f"{new_master} is already the master of record")
+        ret["old_master"] = old
+        with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})"):
+            return _switch_locked(cfg, old, new_master, bool(dry_run), jid, ret, started,
+                                  {"after": hold_after, "seconds": float(hold_s)} if hold_after else None)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
+        return _fail(ret, str(exc))
+
+
+def _tag(step):
+    return f"switch/{step}"
+
+
+def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
+    topo = cfg["topology"]
+    _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
+    calls = {n: (s["minion"], "mysqlrepl.switch_facts", [n], {}) for n, s in cfg["servers"].items()}
+    facts = {n: (f if ok else f) for n, (ok, f) in _parallel(calls, timeout=30).items()}
+    checks = _prechecks(cfg, facts, old, new)
+    ret["prechecks"] = checks
+    failed = [c for c in checks if not c["ok"]]
+    ret["timings"]["prechecks_s"] = round(time.monotonic() - started, 3)
+    if failed:
+        _progress(f"prechecks failed: {'; '.join(c['check'] for c in failed)}", tag=_tag("precheck/failed"),
+                  failed=failed, jid=jid)
+        return _fail(ret, "refused, nothing changed: " + "; ".join(
+            f"[{c['check']}] {c['detail']}" for c in failed))
+    events = _events_to_move(facts, old, new)
+    steps, changes = _plan(cfg, old, new, events)
+    ret["plan"] = steps
+    ret["changes"] = changes
+    _progress("prechecks passed", tag=_tag("precheck/ok"), jid=jid)
+    if dry_run:
+        ret["result"] = True
+        ret["comment"] = f"dry run: every precheck passed; switching {old} -> {new} would do the plan; nothing changed"
+        return ret
+
+    # mark the switch in the record: states leave replication alone until it ends
+    base = _read_record(topo)
+    switching = {"from": old, "to": new, "jid": jid, "since": _now(), "phase": "critical section"}
+    _write_record(topo, _new_record(cfg, old, previous=(base or {}).get("previous"), switching=switching))
+    _refresh_pillar(cfg)
+    ret["timings"]["prepare_s"] = round(time.monotonic() - started, 3)
+
+    _progress(f"critical section on {new}'s minion", tag=_tag("critical/start"), jid=jid)
+    t_crit = time.monotonic()
+    crit_error = None
+    try:
+        crit = _call(cfg["servers"][new]["minion"], "mysqlrepl.switch_critical", [old],
+                     {"server": new, "events": events, "switch_jid": jid, "hold": hold},
+                     timeout=int(cfg["switch"]["lock_budget"] + cfg["switch"]["catchup_timeout"]
+                                 + (hold or {}).get("seconds", 0) + 60))
+    except CommandExecutionError as exc:
+        crit, crit_error = None, str(exc)
+    ret["timings"]["critical_call_s"] = round(time.monotonic() - t_crit, 3)
+    ret["critical_section"] = crit
+    if crit is None:
+        # the minion's answer is missing: find out where things stand before deciding
+        states = _server_states(cfg)
+        ret["servers"] = states
+        writable = sorted(n for n, st in states.items() if st.get("read_only") == "OFF")
+        if writable == [new]:
+            crit = {"outcome": "promoted", "reason": f"{new} is writable (the minion's answer was lost: {crit_error})",
+                    "steps": [], "block_ms": None, "pos": None}
+            ret["critical_section"] = crit
+        else:
+            switching["phase"] = f"stopped: {crit_error}; writable now: {', '.join(writable) or 'none'}"
+            _write_record(topo, _new_record(cfg, old, switching=switching))
+            _progress("switch stopped", tag=_tag("stopped"), jid=jid, reason=switching["phase"])
+            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); writable now: "
+                              f"{', '.join(writable) or 'none'}; the record marks the switch as stopped so "
+                              "states change nothing; decide the master, then salt-run mysqlrepl.record_set "
+                              "master=<it>")
+    ret["timings"]["block_ms"] = crit.get("block_ms")
+    if crit["outcome"] != "promoted":
+        if crit["outcome"] == "aborted":
+            # back to the record as it was before the switch
+            if base is None:
+                os.unlink(_record_path(topo))
+            else:
+                _write_record(topo, base)
+        else:
+            switching["phase"] = f"stopped: {crit['reason']}"
+            _write_record(topo, _new_record(cfg, old, switching=switching))
+        _refresh_pillar(cfg)
+        ret["servers"] = _server_states(cfg)
+        _progress(f"switch {crit['outcome']}: {crit['reason']}", tag=_tag(crit["outcome"]), jid=jid,
+                  reason=crit["reason"])
+        return _fail(ret, f"{crit['outcome']}: {crit['reason']}")
+    _progress(f"{new} is writable (write block {crit.get('block_ms')} ms)", tag=_tag("critical/done"),
+              jid=jid, block_ms=crit.get("block_ms"), pos=crit.get("pos"))
+
+    # after the window: the record names the new master, then everyone follows it
+    switching["phase"] = "repointing"
+    _write_record(topo, _new_record(cfg, new, previous=old, switching=switching, pos=crit.get("pos")))
+    t_after = time.monotonic()
+    problems = []
+    ok, fin = _parallel({"finish": (cfg["servers"][new]["minion"], "mysqlrepl.switch_finish_new", [new], {})})["finish"]
+    if not ok:
+        problems.append(f"{new}: RESET SLAVE ALL failed: {fin}")
+    _refresh_pillar(cfg)
+    calls = {}
+    for name, srv in cfg["servers"].items():
+        if name == new:
+            continue
+        kw = {"master": new, "switch_jid": jid}
+        if name == old:
+            kw["demote"] = True
+        else:
+            kw["repoint_from"] = old
+        calls[name] = (srv["minion"], "mysqlrepl.replication_apply", [name], kw)
+    repointed = _parallel(calls, timeout=cfg["replication"]["wait_timeout"] + 60)
+    ret["repointed"] = {}
+    for name, (ok, res) in sorted(repointed.items()):
+        if not ok or not res.get("result"):
+            problems.append(f"{name}: {res if not ok else res.get('comment')}")
+        ret["repointed"][name] = res if ok else {"result": False, "comment": res}
+    _write_record(topo, _new_record(cfg, new, previous=old, pos=crit.get("pos"), jid=jid))
+    _refresh_pillar(cfg)
+    ret["timings"]["repoint_s"] = round(time.monotonic() - t_after, 3)
+    _progress(f"replicas repointed to {new}", tag=_tag("repointed"), jid=jid, problems=problems)
+
+    # wait until every replica has caught up with the new master
+    try:
+        pos = _call(cfg["servers"][new]["minion"], "mysqlrepl.gtid_position", [new])
+        waits = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.wait_for_gtid", [pos],
+                               {"server": n, "timeout": cfg["switch"]["ready_timeout"]})
+                           for n in calls}, timeout=cfg["switch"]["ready_timeout"] + 30)
+        for name, (ok, res) in sorted(waits.items()):
+            if not ok:
+                problems.append(f"{name} did not catch up with {new}: {res}")
+    except CommandExecutionError as exc:
+        problems.append(f"cannot read {new}'s position: {exc}")
+    ret["timings"]["replicas_ready_s"] = round(time.monotonic() - t_after, 3)
+    ret["servers"] = _server_states(cfg)
+    for name, st in ret["servers"].items():
+        if name != new and st.get("reachable", True) and not st.get("tls_verified"):
+            problems.append(f"{name}: link to {new} not TLS-verified")
+    ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
+    crit_ms = sum(s["ms"] for s in crit.get("steps", []))
+    ret["timings"]["critical_share"] = round(crit_ms / 1000 / ret["timings"]["total_s"], 4)
+    _progress(f"{new} is the master; replicas ready in {ret['timings']['replicas_ready_s']}s",
+              tag=_tag("done"), jid=jid, problems=problems, timings=ret["timings"])
+    if problems:
+        return _fail(ret, f"{new} is the master (write block {crit.get('block_ms')} ms) but: " + "; ".join(problems))
+    ret["result"] = True
+    ret["comment"] = (f"{new} is the master; write block {crit.get('block_ms')} ms; "
+                      f"{len(calls)} replica(s) TLS-verified and caught up in {ret['timings']['replicas_ready_s']}s")
+    return ret
+
+
+def rejoin(server, topology=None):  # pylint: disable=redefined-outer-name
+    """
+    Bring a former master back as a replica of the master of record (after a
+    switch that could not demote it, e.g. it was down): refused when it holds
+    transactions the master lacks (errant GTIDs, by MariaDB's rules), else
+    ``CHANGE MASTER ... MASTER_DEMOTE_TO_SLAVE=1`` over verified TLS.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.rejoin server=db1
+    """
+    try:
+        cfg = _topology(topology)
+        if server not in cfg["servers"] or server == cfg["master"]:
+            raise SaltInvocationError(f"{server!r} is not a replica of the topology")
+        with _topology_lock(cfg["topology"], f"rejoin {server}"):
+            master = cfg["master"]
+            got = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.switch_facts", [n], {})
+                             for n in (server, master)}, timeout=30)
+            for name, (ok, res) in got.items():
+                if not ok:
+                    raise CommandExecutionError(f"{name}: {res}")
+            errant = __utils__["mysqlrepl_switch.errant_gtids"](got[server][1]["gtid"]["binlog_state"],
+                                                                got[master][1]["gtid"]["binlog_state"])
+            if errant:
+                raise CommandExecutionError(
+                    f"{server} has transactions {master} lacks: {', '.join(errant)}; it cannot rejoin as is "
+                    f"(re-seed it: salt-run mysqlrepl.seed replica={server} force=True); nothing changed")
+            if got[server][1]["variables"]["read_only"] != "ON":
+                raise CommandExecutionError(f"{server} is writable: make sure no app writes there, set it "
+                                            "read-only, then rejoin; nothing changed")
+            res = _call(cfg["servers"][server]["minion"], "mysqlrepl.replication_apply", [server],
+                        {"demote": True}, timeout=cfg["replication"]["wait_timeout"] + 60)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _fail({"result": False}, str(exc))
+    if not res.get("result"):
+        return _fail(dict(res), res.get("comment"))
+    return res

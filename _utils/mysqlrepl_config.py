@@ -83,6 +83,31 @@ DEFAULTS = {
         "log_copy_interval": 10,
     },
     "server_defaults": {},
+    # the switch's account: sets read_only on the old master from the new
+    # master's minion over verified TLS (REQUIRE X509); made on every server
+    # when a password is set
+    "admin": {"user": "mysqlrepl_admin", "host": "%", "password": None},
+    "switch": {
+        # seconds the old master's SET GLOBAL read_only may wait for running
+        # writes and locks (lock_wait_timeout); past it the switch aborts, unchanged
+        "lock_budget": 1,
+        # seconds the new master may take to apply the old one's last GTID
+        # inside the write block (MASTER_GTID_WAIT)
+        "catchup_timeout": 5,
+        # prechecks: replication lag of the new master, and transactions on the
+        # old master older / larger than these refuse the switch
+        "max_lag": 5,
+        "long_trx_seconds": 5,
+        "large_trx_rows": 10000,
+        # end the app sessions left on the old master once it is read-only, so
+        # connection pools reconnect to the new one at once
+        "kill_app_sessions": False,
+        # seconds every replica may take to run from the new master and catch up
+        "ready_timeout": 120,
+        # accounts allowed to write through read_only besides mysqlrepl's own
+        # and the local admin ("user@host")
+        "admin_users": [],
+    },
 }
 
 # key -> (type or tuple of types, required?)
@@ -92,6 +117,15 @@ _TOP = {
     "seed": (dict, False), "servers": (dict, True), "server_defaults": (dict, False),
     # consumed by map.jinja / SLS only
     "lookup": (dict, False), "manage_packages": (bool, False),
+    "admin": (dict, False), "switch": (dict, False),
+    # written by the formula's ext_pillar from the master record, not by hand
+    "switching": (dict, False), "record": (dict, False),
+}
+_ADMIN = {"user": (str, False), "host": (str, False), "password": (str, False)}
+_SWITCH = {
+    "lock_budget": (int, False), "catchup_timeout": ((int, float), False),
+    "max_lag": (int, False), "long_trx_seconds": (int, False), "large_trx_rows": (int, False),
+    "kill_app_sessions": (bool, False), "ready_timeout": (int, False), "admin_users": (list, False),
 }
 _CA = {
     "minion": (str, True), "ca_name": (str, False), "cacert_path": (str, False),
@@ -260,6 +294,8 @@ def load(raw, minion_id=None):
            {k: (str, False) for k in _SUBJECT_FIELDS}, path + ["tls", "subject"])
     _check(raw["replication"], _REPLICATION, path + ["replication"])
     _check(raw.get("seed") or {}, _SEED, path + ["seed"])
+    _check(raw.get("admin") or {}, _ADMIN, path + ["admin"])
+    _check(raw.get("switch") or {}, _SWITCH, path + ["switch"])
     _check(raw.get("server_defaults") or {},
            {k: v for k, v in _SERVER.items() if k not in ("address", "server_id", "minion")},
            path + ["server_defaults"])
@@ -284,6 +320,15 @@ def load(raw, minion_id=None):
         _fail(path + ["seed", "method"], f"must be one of {', '.join(SEED_METHODS)}")
     if not 1 <= cfg["seed"]["port"] <= 65535:
         _fail(path + ["seed", "port"], "must be a TCP port (1-65535)")
+    sw = cfg["switch"]
+    for key in ("lock_budget", "catchup_timeout", "ready_timeout"):
+        if sw[key] <= 0:
+            _fail(path + ["switch", key], "must be greater than 0")
+    for entry in sw["admin_users"]:
+        if not isinstance(entry, str) or "@" not in entry:
+            _fail(path + ["switch", "admin_users"], f"entries look like user@host, got {entry!r}")
+    if cfg["admin"]["password"] == "":
+        _fail(path + ["admin", "password"], "must not be empty")
     tls = cfg["tls"]
     if tls["renew_days"] >= tls["cert_days"]:
         _fail(path + ["tls", "renew_days"], "must be smaller than tls:cert_days")
@@ -370,6 +415,8 @@ def redact(cfg):
     out = copy.deepcopy(cfg)
     if "replication" in out and out["replication"].get("password"):
         out["replication"]["password"] = "********"
+    if (out.get("admin") or {}).get("password"):
+        out["admin"]["password"] = "********"
     for srv in (out.get("servers") or {}).values():
         if (srv.get("connection") or {}).get("password"):
             srv["connection"]["password"] = "********"

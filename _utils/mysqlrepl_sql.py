@@ -339,6 +339,105 @@ def drop_user(user, host):
     return (f"DROP USER IF EXISTS {account(user, host)}", None)
 
 
+def create_admin_user(version, user, host, password):
+    """
+    The switch's admin account: it sets ``read_only`` on another server of the
+    topology over verified TLS (REQUIRE X509: only holders of a certificate of
+    the topology CA), reads its GTID position and may end app sessions there.
+    Nothing more: no data privileges.
+    """
+    acct = account(user, host)
+    privs = "READ_ONLY ADMIN, CONNECTION ADMIN, PROCESS, BINLOG MONITOR, SLAVE MONITOR"
+    if not version.is_mariadb:
+        privs = "SYSTEM_VARIABLES_ADMIN, CONNECTION_ADMIN, PROCESS, REPLICATION CLIENT"
+        return [
+            (f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED WITH caching_sha2_password BY %s REQUIRE X509",
+             (password,)),
+            (f"ALTER USER {acct} IDENTIFIED WITH caching_sha2_password BY %s REQUIRE X509", (password,)),
+            (f"GRANT {privs} ON *.* TO {acct}", None),
+        ]
+    pw_hash = native_password_hash(password)
+    return [
+        (f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED BY PASSWORD %s REQUIRE X509", (pw_hash,)),
+        (f"ALTER USER {acct} IDENTIFIED BY PASSWORD %s REQUIRE X509", (pw_hash,)),
+        (f"GRANT {privs} ON *.* TO {acct}", None),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Switchover: prechecks and the critical section
+# --------------------------------------------------------------------------
+
+# every account and role with its global privilege bits and default role;
+# PUBLIC is the role every account has (MariaDB 10.11)
+ACCOUNT_PRIVILEGES = (
+    "SELECT User AS user, Host AS host, "
+    "CAST(JSON_VALUE(Priv, '$.access') AS UNSIGNED) AS access, "
+    "COALESCE(JSON_VALUE(Priv, '$.is_role'), 'false') AS is_role, "
+    "JSON_VALUE(Priv, '$.default_role') AS default_role, "
+    "COALESCE(JSON_VALUE(Priv, '$.account_locked'), 'false') AS locked "
+    "FROM mysql.global_priv",
+    None,
+)
+ROLE_GRANTS = ("SELECT User AS user, Host AS host, Role AS role FROM mysql.roles_mapping", None)
+
+EVENTS = (
+    "SELECT EVENT_SCHEMA AS db, EVENT_NAME AS name, DEFINER AS definer, STATUS AS status, "
+    "ORIGINATOR AS originator FROM information_schema.EVENTS",
+    None,
+)
+
+
+def alter_event(db, name, enable):
+    """ENABLE, or DISABLE ON SLAVE (the state MariaDB gives replicated events)."""
+    ident = f"`{db.replace('`', '``')}`.`{name.replace('`', '``')}`"
+    return (f"ALTER EVENT {ident} {'ENABLE' if enable else 'DISABLE ON SLAVE'}", None)
+
+
+# open InnoDB transactions: age and rows changed (no statement text: it may carry secrets)
+INNODB_TRANSACTIONS = (
+    "SELECT t.trx_mysql_thread_id AS id, p.USER AS user, t.trx_state AS state, "
+    "TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS age_s, t.trx_rows_modified AS rows_modified "
+    "FROM information_schema.INNODB_TRX t "
+    "LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id",
+    None,
+)
+
+METADATA_LOCK_PLUGIN = (
+    "SELECT PLUGIN_STATUS AS status FROM information_schema.PLUGINS "
+    "WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO'",
+    None,
+)
+INSTALL_METADATA_LOCK_PLUGIN = ("INSTALL SONAME 'metadata_lock_info'", None)
+
+# locks that hold SET GLOBAL read_only up: LOCK TABLES (..NO_WRITE modes), FTWRL
+# and BACKUP STAGE holders (backup locks other than a statement's own)
+BLOCKING_LOCKS = (
+    "SELECT m.THREAD_ID AS id, p.USER AS user, m.LOCK_MODE AS mode, m.LOCK_TYPE AS type, "
+    "m.TABLE_SCHEMA AS db, m.TABLE_NAME AS tbl "
+    "FROM information_schema.METADATA_LOCK_INFO m "
+    "LEFT JOIN information_schema.PROCESSLIST p ON p.ID = m.THREAD_ID "
+    "WHERE m.LOCK_MODE IN ('MDL_SHARED_NO_WRITE', 'MDL_SHARED_NO_READ_WRITE', 'MDL_EXCLUSIVE', "
+    "'MDL_BACKUP_FTWRL1', 'MDL_BACKUP_FTWRL2', 'MDL_BACKUP_START', 'MDL_BACKUP_FLUSH', "
+    "'MDL_BACKUP_WAIT_FLUSH', 'MDL_BACKUP_WAIT_DDL', 'MDL_BACKUP_WAIT_COMMIT', 'MDL_BACKUP_BLOCK_DDL') "
+    "AND m.THREAD_ID <> CONNECTION_ID()",
+    None,
+)
+# without the plugin: tables held by LOCK TABLES still show as in use
+OPEN_TABLES_IN_USE = ("SHOW OPEN TABLES WHERE In_use > 0", None)
+
+# client sessions (not replication threads, not this one) for the optional kill
+APP_SESSIONS = (
+    "SELECT ID AS id, USER AS user FROM information_schema.PROCESSLIST "
+    "WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Binlog Dump', 'Daemon', 'Slave_IO', 'Slave_SQL', "
+    "'Slave_worker') AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user')",
+    None,
+)
+
+SELECT_ONE = ("SELECT 1 AS one", None)
+SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
+
+
 # --------------------------------------------------------------------------
 # Locks and proofs
 # --------------------------------------------------------------------------

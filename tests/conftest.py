@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUPPORT_SALT_DIR = REPO_ROOT / "tests" / "support" / "salt"
 MINION_IDS = ("db1", "db2", "db3")
+APP_MINION = "app1"
 SALT_TIMEOUT = 120  # salt --timeout for salt_cli (it returns as soon as all minions answer)
 
 # session startup timings, printed in the terminal summary
@@ -162,6 +163,8 @@ def salt_master(salt_factories, repo_root, state_tree):
         "file_roots": {"base": [str(state_tree), str(SUPPORT_SALT_DIR)]},
         "runner_dirs": [str(repo_root / "_runners")],
         "utils_dirs": [str(repo_root / "_utils")],
+        # the formula's master record (_pillar/mysqlrepl.py, synced below)
+        "ext_pillar": [{"mysqlrepl": {}}],
         "worker_threads": 3,  # Salt 3008 raises anything lower to 3 (with a warning)
         "log_level_logfile": "debug",
         "timeout": SALT_TIMEOUT,
@@ -243,6 +246,27 @@ def salt_minions(salt_master, salt_cli, testsvc_dir, mariadb_servers):
 
 
 @pytest.fixture(scope="session")
+def app_minion(salt_master, salt_minions, harness_root, salt_cli):
+    """
+    ``app1``: an app minion (pillar ``mysqlrepl_app``, no database) whose hosts
+    file is ``<root>/app1/hosts`` (``hosts.file``): the switch tests read the
+    ``masterdb`` entry the orchestration renders there.
+    """
+    hosts = harness_root / "app1" / "hosts"
+    hosts.parent.mkdir()
+    hosts.write_text("127.0.0.1 localhost\n", encoding="utf-8")
+    factory = salt_master.salt_minion_daemon(APP_MINION, overrides={"hosts.file": str(hosts)})
+    factory.start()
+    try:
+        ret = salt_cli.run("saltutil.sync_all", minion_tgt=APP_MINION)
+        assert ret.returncode == 0, ret
+        factory.hosts_file = hosts
+        yield factory
+    finally:
+        factory.terminate()
+
+
+@pytest.fixture(scope="session")
 def salt_call_cli(salt_minions):
     """{minion id: salt-call CLI} (runs on that minion, without the master round trip)."""
     return {mid: m.salt_call_cli(timeout=SALT_TIMEOUT) for mid, m in salt_minions.items()}
@@ -259,9 +283,18 @@ def write_pillar(pillar_dir, salt_cli, salt_minions):
     """
 
     def _write(data):
+        # db minions get the topology; the app minion only its topology name and
+        # the hosts entry apps use (seed 002's infra:hosts_entries:masterdb)
         (pillar_dir / "top.sls").write_text(
-            yaml.safe_dump({"base": {"*": ["mysqlrepl"]}}), encoding="utf-8"
+            yaml.safe_dump({"base": {"db*": ["mysqlrepl"], f"{APP_MINION}": ["mysqlrepl_app"]}}),
+            encoding="utf-8",
         )
+        topo = data.get("mysqlrepl") or {}
+        master = (topo.get("servers") or {}).get(topo.get("master")) or {}
+        app = {"mysqlrepl_app": {"topology": topo.get("topology", "main")},
+               "infra": {"hosts_entries": {"masterdb": master.get("address", "127.0.0.1")}}}
+        (pillar_dir / "mysqlrepl_app.sls").write_text(
+            "#!yaml\n" + yaml.safe_dump(app, default_flow_style=False), encoding="utf-8")
         sls = pillar_dir / "mysqlrepl.sls"
         tmp = sls.with_suffix(".tmp")
         tmp.write_text(

@@ -7,6 +7,7 @@ import pymysql
 
 PASSWORD = "Repl-pw_7f3a9c1e5d"
 ADMIN_PASSWORD = "Adm1n-pw_c0ffee42"
+SWITCH_PASSWORD = "Sw1tch-pw_9e8d7c"
 NAMES = ("db1", "db2", "db3")
 
 
@@ -25,6 +26,9 @@ def build_pillar(servers, harness_root, **overrides):
         "tls": {"subject": {"O": "W3C", "OU": "WebPlatform Docs"}},
         "replication": repl,
         "seed": {"port": 24444, "timeout": 600},
+        "admin": {"password": SWITCH_PASSWORD},
+        # opadmin@localhost: the operators' own admin login (ALL PRIVILEGES)
+        "switch": {"catchup_timeout": 3, "ready_timeout": 60, "admin_users": ["opadmin@localhost"]},
         "servers": {},
     }
     for name, srv in servers.items():
@@ -103,6 +107,27 @@ def fingerprint(servers):
 def repl_connect(server, **kw):
     return pymysql.connect(host=server.address, port=server.port, user="repl", password=PASSWORD,
                            connect_timeout=5, **kw)
+
+
+def run_return(ret):
+    """
+    The return of a ``salt-run`` call: its stdout holds the progress events
+    the runner printed (JSON documents) and then the return, last.
+    """
+    import json  # pylint: disable=import-outside-toplevel
+
+    text = ret.stdout.strip()
+    decoder = json.JSONDecoder()
+    docs, pos = [], 0
+    while pos < len(text):
+        doc, end = decoder.raw_decode(text, pos)
+        docs.append(doc)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    assert docs, ret
+    last = docs[-1]
+    return last.get("return", last) if isinstance(last, dict) and set(last) == {"return"} else last
 
 
 def orch_failures(ret):

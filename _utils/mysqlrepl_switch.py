@@ -1,0 +1,329 @@
+"""
+The planned switchover's logic: precheck rules and the critical section.
+
+Nothing here talks to Salt. The critical section gets two ready connections
+(old and new master), the statements it will send (built beforehand from
+``mysqlrepl_sql`` for the servers' versions) and a ``run(conn, statement)``
+function; the prechecks get rows already read from the servers. Unit tests
+drive the failure paths with scripted connections; the integration tests run
+it against real servers.
+"""
+
+import time
+
+# client-side codes and server codes that mean "the connection is gone"
+_LOST_CODES = {0, 1053, 1927, 2002, 2003, 2006, 2013, 2014, 2055}
+LOCK_WAIT_TIMEOUT = 1205
+# MariaDB 10.11 global privilege bit of READ_ONLY ADMIN in mysql.global_priv's
+# ``access`` (ALL PRIVILEGES sets every bit)
+READ_ONLY_ADMIN_BIT = 1 << 33
+
+
+def error_code(exc):
+    """The MySQL error number behind a ``CommandExecutionError`` from ``mysqlrepl_db.run``."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    args = getattr(cause, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0]
+    return None
+
+
+def error_kind(exc):
+    """``timeout`` (lock wait budget), ``lost`` (connection or server gone) or ``sql``."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, (OSError, EOFError)):
+        return "lost"
+    code = error_code(exc)
+    if code == LOCK_WAIT_TIMEOUT:
+        return "timeout"
+    if code in _LOST_CODES or code is None:
+        return "lost"
+    return "sql"
+
+
+# ---------------------------------------------------------------------------
+# GTID positions (MariaDB: domain-server_id-seq, comma separated)
+# ---------------------------------------------------------------------------
+
+def parse_gtid_list(text):
+    """``"0-11-5,1-12-3"`` -> ``{(0, 11): 5, (1, 12): 3}`` (a gtid_binlog_state)."""
+    out = {}
+    for part in (text or "").replace("\n", "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        domain, server_id, seq = (int(x) for x in part.split("-"))
+        out[(domain, server_id)] = max(seq, out.get((domain, server_id), 0))
+    return out
+
+
+def errant_gtids(new_state, old_state):
+    """
+    MariaDB's rule for errant transactions: every (domain, server_id) in the
+    candidate's ``gtid_binlog_state`` must be in the old master's, with a
+    sequence number not beyond it. Returns the offending ``d-s-n`` entries.
+    """
+    new, old = parse_gtid_list(new_state), parse_gtid_list(old_state)
+    return sorted(f"{d}-{s}-{n}" for (d, s), n in new.items() if n > old.get((d, s), 0))
+
+
+def position_reached(have_pos, want_pos):
+    """Is every domain of ``want_pos`` at or beyond its sequence in ``have_pos`` (same server_id)?"""
+    have = {d: (s, n) for (d, s), n in parse_gtid_list(have_pos).items()}
+    for (domain, server_id), seq in parse_gtid_list(want_pos).items():
+        got = have.get(domain)
+        if got is None or got[1] < seq:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Who can write through read_only
+# ---------------------------------------------------------------------------
+
+def read_only_bypass(accounts, role_grants, exempt, bit=READ_ONLY_ADMIN_BIT, include_locked=False):
+    """
+    Accounts that can write on a read-only server: READ_ONLY ADMIN (``bit`` in
+    ``mysql.global_priv`` access) granted directly, through any role they hold
+    (transitively; the default role is named) or to PUBLIC.
+
+    ``accounts``: rows of ``ACCOUNT_PRIVILEGES``; ``role_grants``: rows of
+    ``ROLE_GRANTS``; ``exempt``: ``{(user, host)}`` allowed to (mysqlrepl's own
+    accounts, the local admin, operator-listed ones). Locked accounts cannot
+    log in and are skipped unless ``include_locked`` (an event runs as its
+    definer all the same). Returns ``{"user@host": "how"}``.
+    """
+    def skip(row):
+        return not include_locked and str(row["locked"]).lower() == "true"
+
+    roles = {}
+    users = []
+    for row in accounts:
+        access = int(row["access"] or 0)
+        if str(row["is_role"]).lower() == "true" or row["user"] == "PUBLIC":
+            roles[row["user"]] = access
+        else:
+            users.append(row)
+    held = {}
+    for grant in role_grants:
+        held.setdefault((grant["user"], grant["host"]), set()).add(grant["role"])
+
+    def role_has(role, seen):
+        if role in seen:
+            return False
+        seen.add(role)
+        if roles.get(role, 0) & bit:
+            return True
+        return any(role_has(r, seen) for r in held.get((role, ""), ()))
+
+    out = {}
+    if roles.get("PUBLIC", 0) & bit:
+        for row in users:
+            if (row["user"], row["host"]) not in exempt and not skip(row):
+                out[f"{row['user']}@{row['host']}"] = "READ_ONLY ADMIN granted to PUBLIC"
+    for row in users:
+        key = (row["user"], row["host"])
+        name = f"{row['user']}@{row['host']}"
+        if key in exempt or name in out or skip(row):
+            continue
+        if int(row["access"] or 0) & bit:
+            out[name] = "READ_ONLY ADMIN granted directly" + (
+                " (ALL PRIVILEGES)" if int(row["access"]) == (1 << 64) - 1 else "")
+            continue
+        for role in sorted(held.get(key, ())):
+            if role_has(role, set()):
+                how = "default role" if row.get("default_role") == role else "role"
+                out[name] = f"READ_ONLY ADMIN through {how} {role}"
+                break
+    return out
+
+
+def definer_can_bypass(definer, accounts, role_grants, bit=READ_ONLY_ADMIN_BIT):
+    """How the event definer ``user@host`` writes through read_only, or ``None``."""
+    user, _, host = definer.rpartition("@")
+    return read_only_bypass(accounts, role_grants, set(), bit, include_locked=True).get(f"{user}@{host}")
+
+
+# ---------------------------------------------------------------------------
+# The critical section
+# ---------------------------------------------------------------------------
+
+class Endpoint:
+    """A server inside the critical section: its name, an open connection, ``run``."""
+
+    def __init__(self, name, conn, run):
+        self.name = name
+        self.conn = conn
+        self._run = run
+
+    def run(self, statement):
+        return self._run(self.conn, statement)
+
+
+def endpoint(name, conn, run):
+    """An :class:`Endpoint` (Salt's ``__utils__`` exposes functions, not classes)."""
+    return Endpoint(name, conn, run)
+
+
+def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.sleep):
+    """
+    Move the write role from ``old`` to ``new`` (both :class:`Endpoint`, with
+    connections opened and tested before the call). ``st`` holds the
+    statements, built beforehand::
+
+        old_read_only        SET STATEMENT lock_wait_timeout=<budget> FOR SET GLOBAL read_only=1
+        old_writable         SET GLOBAL read_only=0 (rollback)
+        gtid_pos             the old master's @@gtid_binlog_pos
+        wait(pos)            MASTER_GTID_WAIT(pos, <timeout>) on the new master
+        stop_replica / start_replica / new_writable / replica_status
+        enable_events        ALTER EVENT ... ENABLE for events the new master must run
+
+    ``hold``: ``{"after": step, "seconds": s}`` pauses after a step (fault
+    drills). Returns what happened, step by step::
+
+        {"outcome": "promoted" | "aborted" | "stopped", "reason": ..., "pos": ...,
+         "old_read_only": True/False/None (unknown), "new_writable": bool,
+         "steps": [{"step", "ms", "ok"}], "block_ms": read_only to writable}
+
+    * ``aborted``: nothing is left changed (old master writable again, new
+      master replicating as before).
+    * ``stopped``: no server is writable and the reason says why (the old
+      master was lost after going read-only, or the outcome of a statement is
+      unknown): an operator decides.
+    * ``promoted``: the new master is writable, the old one read-only.
+
+    At no point are both writable: the new master is made writable only after
+    the old one answered that read_only is set, and the old one is made
+    writable again only while the new one is certainly read-only.
+    """
+    out = {"outcome": None, "reason": "", "pos": None, "old_read_only": False,
+           "new_writable": False, "replica_stopped": False, "steps": [], "block_ms": None}
+    started = clock()
+
+    def done(step, t0, ok=True, **extra):
+        out["steps"].append(dict({"step": step, "ms": round((clock() - t0) * 1000, 2), "ok": ok}, **extra))
+        if ok and hold and hold.get("after") == step:
+            sleep(float(hold.get("seconds", 5)))
+
+    def finish(outcome, reason):
+        out["outcome"] = outcome
+        out["reason"] = reason
+        out["total_ms"] = round((clock() - started) * 1000, 2)
+        return out
+
+    def rollback(reason):
+        """Undo in reverse: the new master replicates again, then the old one takes writes."""
+        notes = []
+        if out["replica_stopped"]:
+            t0 = clock()
+            try:
+                new.run(st["start_replica"])
+                out["replica_stopped"] = False
+                done("rollback_start_replica", t0)
+            except Exception as exc:  # pylint: disable=broad-except
+                done("rollback_start_replica", t0, ok=False, error=str(exc))
+                notes.append(f"START SLAVE on {new.name} failed ({exc}): restart its replication by hand")
+        t0 = clock()
+        try:
+            old.run(st["old_writable"])
+            out["old_read_only"] = False
+            done("rollback_old_writable", t0)
+        except Exception as exc:  # pylint: disable=broad-except
+            done("rollback_old_writable", t0, ok=False, error=str(exc))
+            return finish("stopped", f"{reason}; putting {old.name} back failed ({exc}): every server is "
+                                     "read-only, no master takes writes")
+        return finish("aborted", f"{reason}; {old.name} is writable again, {new.name} replicates as before"
+                      + ("; " + "; ".join(notes) if notes else ""))
+
+    # 1. The old master stops taking writes. read_only takes the global read
+    #    lock: running writes finish first, new ones queue; the budget bounds
+    #    the wait and a timeout leaves read_only at 0.
+    t0 = clock()
+    try:
+        old.run(st["old_read_only"])
+    except Exception as exc:  # pylint: disable=broad-except
+        kind = error_kind(exc)
+        done("old_read_only", t0, ok=False, error=str(exc))
+        if kind == "timeout":
+            return finish("aborted", f"{old.name} did not get read_only within the "
+                                     f"{st['budget_s']}s budget (writes or locks held it up: {exc}); "
+                                     "read_only stays 0, nothing changed")
+        if kind == "lost":
+            out["old_read_only"] = None
+            return finish("stopped", f"lost {old.name} while setting read_only ({exc}): its state is "
+                                     f"unknown; {new.name} is untouched and read-only")
+        return finish("aborted", f"{old.name} refused read_only ({exc}); nothing changed")
+    out["old_read_only"] = True
+    blocked_at = t0
+    done("old_read_only", t0)
+
+    # 2. Everything the old master will ever have committed.
+    t0 = clock()
+    try:
+        pos = old.run(st["gtid_pos"])[0]["pos"]
+    except Exception as exc:  # pylint: disable=broad-except
+        done("old_gtid_pos", t0, ok=False, error=str(exc))
+        if error_kind(exc) == "lost":
+            return finish("stopped", f"{old.name} was lost after going read-only, before its GTID position "
+                                     f"could be read ({exc}): what it committed last is unknown, so "
+                                     f"{new.name} is not promoted; every server is read-only")
+        return rollback(f"reading {old.name}'s GTID position failed ({exc})")
+    out["pos"] = pos
+    done("old_gtid_pos", t0, pos=pos)
+
+    # 3. The new master applies all of it (bounded wait).
+    t0 = clock()
+    try:
+        reached = int(new.run(st["wait"](pos))[0]["result"]) == 0
+    except Exception as exc:  # pylint: disable=broad-except
+        done("new_catch_up", t0, ok=False, error=str(exc))
+        return rollback(f"waiting for {pos} on {new.name} failed ({exc})")
+    if not reached:
+        detail = ""
+        try:
+            rs = new.run(st["replica_status"])
+            rs = rs[0] if rs else {}
+            detail = (f" (IO {rs.get('Slave_IO_Running')}, SQL {rs.get('Slave_SQL_Running')}"
+                      f"{': ' + rs['Last_SQL_Error'] if rs.get('Last_SQL_Error') else ''})")
+        except Exception:  # pylint: disable=broad-except
+            pass
+        done("new_catch_up", t0, ok=False, error="timeout")
+        return rollback(f"{new.name} did not apply {pos} within {st['catchup_s']}s{detail}")
+    done("new_catch_up", t0)
+
+    # 4. The new master stops replicating (RESET comes after the window, so a
+    #    rollback is a START SLAVE).
+    t0 = clock()
+    try:
+        new.run(st["stop_replica"])
+        out["replica_stopped"] = True
+    except Exception as exc:  # pylint: disable=broad-except
+        done("new_stop_replica", t0, ok=False, error=str(exc))
+        out["replica_stopped"] = error_kind(exc) == "lost"  # unknown: try START SLAVE on rollback
+        return rollback(f"STOP SLAVE on {new.name} failed ({exc})")
+    done("new_stop_replica", t0)
+
+    # 5. The new master takes writes.
+    t0 = clock()
+    try:
+        new.run(st["new_writable"])
+    except Exception as exc:  # pylint: disable=broad-except
+        done("new_writable", t0, ok=False, error=str(exc))
+        if error_kind(exc) == "lost":
+            return finish("stopped", f"lost {new.name} while making it writable ({exc}): whether it took "
+                                     f"effect is unknown, so {old.name} stays read-only; no server is "
+                                     "known to be writable")
+        return rollback(f"{new.name} refused read_only=0 ({exc})")
+    out["new_writable"] = True
+    out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
+    done("new_writable", t0)
+
+    # 6. Events that ran on the old master run here now (failures reported, not undone).
+    for stmt in st.get("enable_events", []):
+        t0 = clock()
+        try:
+            new.run(stmt)
+            done("enable_event", t0)
+        except Exception as exc:  # pylint: disable=broad-except
+            done("enable_event", t0, ok=False, error=str(exc))
+    return finish("promoted", f"{new.name} is the writable master at {pos}; {old.name} is read-only")
