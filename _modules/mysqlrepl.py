@@ -1724,6 +1724,27 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
             "replica_status": _sql("show_replica_status")(version),
             "enable_events": [_sql("alter_event")(db, name, True) for db, name in (events or [])],
         }
+        params = _u("mysqlrepl_db.local_params")(srv, __opts__)
+        ro_sql = _sql("SELECT_READ_ONLY")[0]
+
+        def probe_new():
+            """The new master's read_only over a fresh socket connection; None when it is down."""
+            try:
+                conn = pymysql.connect(unix_socket=params["unix_socket"], user=params["user"],
+                                       password=params.get("password", ""), ssl_disabled=True,
+                                       connect_timeout=2)
+            except pymysql.err.MySQLError:
+                return None
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(ro_sql)
+                    return int(cur.fetchone()[0])
+            except pymysql.err.MySQLError:
+                return "unknown"
+            finally:
+                conn.close()
+
+        st["probe_new"] = probe_new
         if st["enable_events"]:
             _run(new_conn, _sql("SESSION_NO_BINLOG"))
         endpoint = _u("mysqlrepl_switch.endpoint")

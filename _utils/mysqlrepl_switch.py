@@ -177,6 +177,8 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         wait(pos)            MASTER_GTID_WAIT(pos, <timeout>) on the new master
         stop_replica / start_replica / new_writable / replica_status
         enable_events        ALTER EVENT ... ENABLE for events the new master must run
+        probe_new()          optional: the new master's read_only through a fresh
+                             connection, None when it is down
 
     ``hold``: ``{"after": step, "seconds": s}`` pauses after a step (fault
     drills). Returns what happened, step by step::
@@ -310,6 +312,20 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
     except Exception as exc:  # pylint: disable=broad-except
         done("new_writable", t0, ok=False, error=str(exc))
         if error_kind(exc) == "lost":
+            # The new master is local to this minion (unix socket): a lost
+            # connection means the server died or the session was killed. Ask
+            # a fresh connection: down -> it restarts read-only (read_only=ON
+            # in its config file); read_only=1 -> not writable; 0 -> it took.
+            probe = st.get("probe_new")
+            state = probe() if probe else "unknown"
+            if state == 0:
+                out["new_writable"] = True
+                out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
+                return finish("promoted", f"{new.name} is writable at {pos} (its answer was lost, a new "
+                                          f"session confirms read_only=0); {old.name} is read-only")
+            if state in (1, None):
+                return rollback(f"lost {new.name} while making it writable ({exc}); it is "
+                                + ("down (it restarts read-only)" if state is None else "read-only"))
             return finish("stopped", f"lost {new.name} while making it writable ({exc}): whether it took "
                                      f"effect is unknown, so {old.name} stays read-only; no server is "
                                      "known to be writable")
