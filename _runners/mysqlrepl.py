@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mysqlrepl"
 
 DEFAULT_TGT = "I@mysqlrepl:*"
+# how long a minion may take to answer a precheck read
+FACTS_TIMEOUT = 10
 
 
 def __virtual__():
@@ -629,8 +631,13 @@ def _tag(step):
 def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
     topo = cfg["topology"]
     _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
-    calls = {n: (s["minion"], "mysqlrepl.switch_facts", [n], {}) for n, s in cfg["servers"].items()}
-    facts = {n: (f if ok else f) for n, (ok, f) in _parallel(calls, timeout=30).items()}
+    # the old master last: its gtid_binlog_state must be read after the others'
+    # (or a replica that applied a newer GTID would look errant)
+    calls = {n: (s["minion"], "mysqlrepl.switch_facts", [n], {}) for n, s in cfg["servers"].items() if n != old}
+    facts = {n: f for n, (_ok, f) in _parallel(calls, timeout=FACTS_TIMEOUT).items()}
+    facts.update({n: f for n, (_ok, f) in _parallel(
+        {old: (cfg["servers"][old]["minion"], "mysqlrepl.switch_facts", [old], {})},
+        timeout=FACTS_TIMEOUT).items()})
     checks = _prechecks(cfg, facts, old, new)
     ret["prechecks"] = checks
     failed = [c for c in checks if not c["ok"]]

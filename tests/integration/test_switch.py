@@ -96,3 +96,147 @@ def test_switch_and_back(switch_ready, salt_run_cli, salt_cli, mariadb_servers, 
     assert data["result"] is True, json.dumps(data, indent=1, default=str)
     assert master_of(mariadb_servers) == "db1"
     all_links_verified(mariadb_servers, "db1")
+
+
+# ---------------------------------------------------------------------------
+# under load: writers that know nothing of the switch, a probe on every server
+# ---------------------------------------------------------------------------
+
+def endpoints(servers):
+    return {n: (s.address, s.port) for n, s in servers.items()}
+
+
+def server_ids(servers):
+    return {s.query("SELECT @@server_id AS v")[0]["v"]: n for n, s in servers.items()}
+
+
+def caught_up(servers, master):
+    pos = servers[master].query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    for name, srv in servers.items():
+        if name != master:
+            res = srv.query("SELECT MASTER_GTID_WAIT(%s, 60) AS r", (pos,))[0]["r"]
+            assert res == 0, f"{name} did not reach {pos}"
+
+
+def check_rows(servers, writers):
+    """Every acknowledged sequence exactly once on every server; equal checksums."""
+    for writer in writers:
+        acked = [seq for seq, _sid, _t in writer.acked]
+        assert acked == list(range(1, len(acked) + 1)), f"writer {writer.writer}: acks out of order"
+        for name, srv in servers.items():
+            rows = srv.query("SELECT seq, COUNT(*) AS n FROM app.seqlog WHERE writer = %s GROUP BY seq",
+                             (writer.writer,))
+            counts = {r["seq"]: r["n"] for r in rows}
+            lost = sorted(set(acked) - set(counts))
+            dup = sorted(seq for seq, n in counts.items() if n > 1)
+            extra = sorted(set(counts) - set(acked))
+            assert not lost and not dup and not extra, (
+                f"{name}, writer {writer.writer}: lost {lost[:10]}, duplicated {dup[:10]}, unacked {extra[:10]}")
+    sums = {n: tuple(r["Checksum"] for r in s.query("CHECKSUM TABLE app.seqlog, app.probe"))
+            for n, s in servers.items()}
+    assert len(set(sums.values())) == 1, sums
+
+
+def check_probe(servers, probe, expected_masters):
+    """The probe's rows (written where writes were taken) form one run per master, in switch order."""
+    assert probe.double == [], f"two servers took the same probe round: {probe.double[:5]}"
+    ids = server_ids(servers)
+    rows = [(r["server_id"], r["t"]) for r in servers["db1"].query(
+        "SELECT server_id, t FROM app.probe WHERE t >= FROM_UNIXTIME(%s)", (probe.started,))]
+    assert len(rows) > probe.rounds // 2, (len(rows), probe.rounds)
+    runs = [ids[sid] for sid, _a, _b, _n in workload.runs_of_server_ids(rows)]
+    # the probe may miss a short tenure entirely, never interleave two masters
+    it = iter(expected_masters)
+    assert all(any(run == want for want in it) for run in runs), (runs, expected_masters)
+
+
+def hosts_entry(app_minion, name="masterdb"):
+    for line in app_minion.hosts_file.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and name in parts[1:]:
+            return parts[0]
+    return None
+
+
+def test_orchestration_switch_apps_follow(switch_ready, salt_run_cli, salt_cli, mariadb_servers, app_minion):
+    servers = mariadb_servers
+    eps = endpoints(servers)
+    port = servers["db1"].port
+
+    def resolve():
+        address = hosts_entry(app_minion)
+        return (address, port) if address else None
+
+    # the hosts entry apps use exists before the first switch (rendered from pillar)
+    ret = salt_cli.run("state.apply", "mysqlrepl.app", minion_tgt=app_minion.id)
+    assert ret.returncode == 0, ret
+    assert hosts_entry(app_minion) == servers["db1"].address
+    writer_a = workload.Writer(eps, "A")
+    writer_b = workload.Writer(eps, "B", resolve=resolve)
+    probe = workload.Probe(eps)
+    for thread in (writer_a, writer_b, probe):
+        thread.start()
+    try:
+        masters = ["db1"]
+        for new in ("db2", "db1"):
+            wait_for(lambda: len(writer_b.acked) > 20, what="writer B running")
+            old = masters[-1]
+            started = time.time()
+            ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.switch",
+                                   f'pillar={{"mysqlrepl": {{"new_master": "{new}"}}}}')
+            ended = time.time()
+            assert ret.returncode == 0 and orch_failures(ret) == {}, ret
+            masters.append(new)
+            assert hosts_entry(app_minion) == servers[new].address
+            ret = salt_cli.run("pillar.get", "infra:hosts_entries:masterdb", "unmask=True",
+                               minion_tgt=app_minion.id)
+            assert ret.data == servers[new].address, ret
+            # apps reach the new master once the orchestration ends
+            ids = server_ids(servers)
+            wait_for(lambda: any(ids[sid] == new and t > ended for _s, sid, t in writer_b.acked),
+                     timeout=5, what=f"writer B on {new}")
+            # nothing lands on the old master once the new one took writes
+            first_new = min(t for _s, sid, t in writer_a.acked + writer_b.acked
+                            if ids[sid] == new and t >= started)
+            late = [seq for seq, sid, t in writer_a.acked + writer_b.acked if ids[sid] == old and t > first_new]
+            assert late == [], f"commits on {old} after {new} took writes: {late[:10]}"
+    finally:
+        for thread in (writer_a, writer_b, probe):
+            thread.stop()
+    assert writer_a.failure is None and writer_b.failure is None, (writer_a.failure, writer_b.failure)
+    caught_up(servers, "db1")
+    check_rows(servers, [writer_a, writer_b])
+    check_probe(servers, probe, masters)
+    all_links_verified(servers, "db1")
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {} and changes_of(ret) == {n: {} for n in NAMES}, changes_of(ret)
+
+
+def test_twenty_switchovers_under_writer(switch_ready, salt_run_cli, mariadb_servers):
+    servers = mariadb_servers
+    eps = endpoints(servers)
+    writer = workload.Writer(eps, "C")
+    probe = workload.Probe(eps)
+    writer.start()
+    probe.start()
+    masters = ["db1"]
+    results = []
+    try:
+        for new in ["db2", "db3", "db1"] * 7:
+            wait_for(lambda: len(writer.acked) > 10 + len(results) * 10, what="writer running")
+            data = switch(salt_run_cli, new)
+            assert data["result"] is True, json.dumps(data, indent=1, default=str)
+            masters.append(new)
+            results.append(data)
+            ids = server_ids(servers)
+            wait_for(lambda: any(ids[sid] == new for _s, sid, _t in writer.acked[-5:]),
+                     timeout=10, what=f"writer on {new}")
+    finally:
+        writer.stop()
+        probe.stop()
+    assert writer.failure is None, writer.failure
+    assert len(results) >= 20
+    caught_up(servers, "db1")
+    check_rows(servers, [writer])
+    check_probe(servers, probe, masters)
+    all_links_verified(servers, "db1")

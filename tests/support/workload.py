@@ -150,6 +150,7 @@ class Probe(threading.Thread):
         self.stop_event = threading.Event()
         self.conns = {}
         self.rounds = 0
+        self.started = None
         self.double = []  # rounds where two servers took the write
 
     def _conn(self, name):
@@ -159,6 +160,7 @@ class Probe(threading.Thread):
         return self.conns[name]
 
     def run(self):
+        self.started = time.time()
         while not self.stop_event.is_set():
             took = []
             for name in self.servers:
