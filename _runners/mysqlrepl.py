@@ -95,7 +95,7 @@ def topology(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  
         return _fail({"result": False}, str(exc))
 
 
-def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  # pylint: disable=redefined-outer-name
+def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10):  # pylint: disable=redefined-outer-name
     """The validated topology; raises with the reason."""
     if topology:
         tgt = f"( {tgt} ) and I@mysqlrepl:topology:{topology}"
@@ -104,6 +104,8 @@ def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  # py
     found = {}
     errors = {}
     for minion, out in sorted(res.items()):
+        if isinstance(out.get("ret"), str) and out["ret"].startswith("Minion did not return"):
+            continue  # a silent minion is not a pillar error; the caller checks who answered
         if out.get("retcode", 0) != 0 or not isinstance(out.get("ret"), dict):
             errors.setdefault(str(out.get("ret")), []).append(minion)
             continue
@@ -326,7 +328,8 @@ def record(topology=None):  # pylint: disable=redefined-outer-name
         salt-run mysqlrepl.record topology=production
     """
     try:
-        name = topology or _topology(None)["topology"]
+        # with the topology named, only the salt-master's own file is read
+        name = topology or _topology(None, timeout=10)["topology"]
         rec = _read_record(name)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _fail({"result": False}, str(exc))
@@ -460,8 +463,9 @@ def _prechecks(cfg, facts, old, new):
                else f"{new}: " + "; ".join(problems))
         lag = rs["seconds_behind"]
         lag_ok = lag is not None and int(lag) <= sw["max_lag"]
-        _check(checks, "lag", lag_ok, f"{new} is {lag}s behind {old} (limit {sw['max_lag']}s, "
-                                      "mysqlrepl:switch:max_lag)")
+        _check(checks, "lag", lag_ok, (f"{new} is {lag}s behind {old}" if lag is not None else
+                                       f"{new}'s lag is unknown (a replication thread is stopped)")
+               + f" (limit {sw['max_lag']}s, mysqlrepl:switch:max_lag)")
     v = fn["variables"]
     _check(checks, "binary log", v.get("log_bin") == "ON" and v.get("log_slave_updates") == "ON",
            f"{new}: log_bin {v.get('log_bin')}, log_slave_updates {v.get('log_slave_updates')} "
@@ -657,11 +661,11 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
         ret["comment"] = f"dry run: every precheck passed; switching {old} -> {new} would do the plan; nothing changed"
         return ret
 
-    # mark the switch in the record: states leave replication alone until it ends
+    # mark the switch in the record: states leave replication alone until it
+    # ends (a state run compiles its pillar afresh, so no refresh is needed)
     base = _read_record(topo)
     switching = {"from": old, "to": new, "jid": jid, "since": _now(), "phase": "critical section"}
     _write_record(topo, _new_record(cfg, old, previous=(base or {}).get("previous"), switching=switching))
-    _refresh_pillar(cfg)
     ret["timings"]["prepare_s"] = round(time.monotonic() - started, 3)
 
     _progress(f"critical section on {new}'s minion", tag=_tag("critical/start"), jid=jid)
@@ -717,10 +721,9 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
     _write_record(topo, _new_record(cfg, new, previous=old, switching=switching, pos=crit.get("pos")))
     t_after = time.monotonic()
     problems = []
-    ok, fin = _parallel({"finish": (cfg["servers"][new]["minion"], "mysqlrepl.switch_finish_new", [new], {})})["finish"]
-    if not ok:
-        problems.append(f"{new}: RESET SLAVE ALL failed: {fin}")
-    _refresh_pillar(cfg)
+    # in parallel: the new master forgets its old link, the old master is
+    # demoted, the other replicas follow (the new master is passed explicitly:
+    # no pillar refresh needed first)
     calls = {}
     for name, srv in cfg["servers"].items():
         if name == new:
@@ -731,28 +734,39 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
         else:
             kw["repoint_from"] = old
         calls[name] = (srv["minion"], "mysqlrepl.replication_apply", [name], kw)
+    replicas = sorted(calls)
+    calls["(finish)"] = (cfg["servers"][new]["minion"], "mysqlrepl.switch_finish_new", [new], {})
     repointed = _parallel(calls, timeout=cfg["replication"]["wait_timeout"] + 60)
+    ok, fin = repointed.pop("(finish)")
+    if not ok:
+        problems.append(f"{new}: RESET SLAVE ALL failed: {fin}")
     ret["repointed"] = {}
     for name, (ok, res) in sorted(repointed.items()):
         if not ok or not res.get("result"):
             problems.append(f"{name}: {res if not ok else res.get('comment')}")
         ret["repointed"][name] = res if ok else {"result": False, "comment": res}
     _write_record(topo, _new_record(cfg, new, previous=old, pos=crit.get("pos"), jid=jid))
-    _refresh_pillar(cfg)
     ret["timings"]["repoint_s"] = round(time.monotonic() - t_after, 3)
     _progress(f"replicas repointed to {new}", tag=_tag("repointed"), jid=jid, problems=problems)
 
-    # wait until every replica has caught up with the new master
-    try:
-        pos = _call(cfg["servers"][new]["minion"], "mysqlrepl.gtid_position", [new])
-        waits = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.wait_for_gtid", [pos],
-                               {"server": n, "timeout": cfg["switch"]["ready_timeout"]})
-                           for n in calls}, timeout=cfg["switch"]["ready_timeout"] + 30)
-        for name, (ok, res) in sorted(waits.items()):
-            if not ok:
-                problems.append(f"{name} did not catch up with {new}: {res}")
-    except CommandExecutionError as exc:
-        problems.append(f"cannot read {new}'s position: {exc}")
+    # wait until every replica has caught up with the new master; meanwhile
+    # the db minions' in-memory pillar learns the new record
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        refresh = pool.submit(_refresh_pillar, cfg)
+        try:
+            pos = fin["pos"] if ok else _call(cfg["servers"][new]["minion"], "mysqlrepl.gtid_position", [new])
+            waits = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.wait_for_gtid", [pos],
+                                   {"server": n, "timeout": cfg["switch"]["ready_timeout"]})
+                               for n in replicas}, timeout=cfg["switch"]["ready_timeout"] + 30)
+            for name, (wok, res) in sorted(waits.items()):
+                if not wok:
+                    problems.append(f"{name} did not catch up with {new}: {res}")
+        except CommandExecutionError as exc:
+            problems.append(f"cannot read {new}'s position: {exc}")
+        try:
+            refresh.result()
+        except CommandExecutionError as exc:
+            problems.append(str(exc))
     ret["timings"]["replicas_ready_s"] = round(time.monotonic() - t_after, 3)
     ret["servers"] = _server_states(cfg)
     for name, st in ret["servers"].items():
@@ -767,7 +781,7 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
         return _fail(ret, f"{new} is the master (write block {crit.get('block_ms')} ms) but: " + "; ".join(problems))
     ret["result"] = True
     ret["comment"] = (f"{new} is the master; write block {crit.get('block_ms')} ms; "
-                      f"{len(calls)} replica(s) TLS-verified and caught up in {ret['timings']['replicas_ready_s']}s")
+                      f"{len(replicas)} replica(s) TLS-verified and caught up in {ret['timings']['replicas_ready_s']}s")
     return ret
 
 

@@ -73,7 +73,7 @@ def test_dry_run_changes_nothing(switch_ready, salt_run_cli, mariadb_servers):
     assert data["changes"]["db1"]["read_only"] == "OFF -> ON"
     assert data["changes"]["db3"]["replicates from"] == "db1 -> db2"
     assert fingerprint(mariadb_servers) == before
-    rec = salt_run_cli.run("mysqlrepl.record").data
+    rec = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))
     assert rec["record"] is None, rec
 
 
@@ -84,7 +84,7 @@ def test_switch_and_back(switch_ready, salt_run_cli, salt_cli, mariadb_servers, 
     all_links_verified(mariadb_servers, "db2")
     assert data["critical_section"]["outcome"] == "promoted"
     assert data["timings"]["block_ms"] < 1000
-    rec = salt_run_cli.run("mysqlrepl.record").data
+    rec = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))
     assert rec["record"]["master"] == "db2" and "switching" not in rec["record"], rec
     # db minions follow the record; a highstate changes nothing
     ret = salt_cli.run("-L", "pillar.get", "mysqlrepl:master", "unmask=True", minion_tgt=",".join(NAMES))
@@ -240,3 +240,254 @@ def test_twenty_switchovers_under_writer(switch_ready, salt_run_cli, mariadb_ser
     check_rows(servers, [writer])
     check_probe(servers, probe, masters)
     all_links_verified(servers, "db1")
+
+
+# ---------------------------------------------------------------------------
+# faults: refused before any change, or handled by the failure rules
+# ---------------------------------------------------------------------------
+
+def others(servers, *names):
+    return {n: s for n, s in servers.items() if n not in names}
+
+
+def assert_db1_master_db2_replica(servers):
+    assert master_of(servers) == "db1"
+    wait_for(lambda: (lambda rs: rs and rs[0]["Slave_IO_Running"] == "Yes"
+                      and rs[0]["Slave_SQL_Running"] == "Yes")(servers["db2"].query("SHOW SLAVE STATUS")),
+             timeout=30, what="db2 replicating")
+    all_links_verified(servers, "db1")
+
+
+def refused(salt_run_cli, servers, check, needle, new="db2", keep=()):
+    """The switch is refused by ``check`` (its reason holding ``needle``) and changes nothing."""
+    before = fingerprint(others(servers, *keep))
+    record = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"]
+    data = switch(salt_run_cli, new)
+    assert data["result"] is False, data
+    failed = failed_checks(data)
+    assert check in failed and needle in failed[check], failed
+    assert data["comment"].startswith("refused, nothing changed"), data["comment"]
+    assert fingerprint(others(servers, *keep)) == before
+    assert run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"] == record
+    return failed
+
+
+def test_refused_new_master_down(switch_ready, salt_run_cli, mariadb_servers):
+    db2 = mariadb_servers["db2"]
+    db2.stop()
+    try:
+        refused(salt_run_cli, mariadb_servers, "reachable", "db2", keep=("db2",))
+    finally:
+        db2.start()
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_refused_new_master_lagging(switch_ready, salt_run_cli, mariadb_servers):
+    db2 = mariadb_servers["db2"]
+    db2.query("STOP SLAVE SQL_THREAD")
+    try:
+        refused(salt_run_cli, mariadb_servers, "new master replicates from the current master", "SQL thread No")
+    finally:
+        db2.query("START SLAVE SQL_THREAD")
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_refused_errant_gtid(switch_ready, salt_run_cli, mariadb_servers):
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    # root writes through read_only: a local transaction on the replica
+    db2.query("CREATE TABLE IF NOT EXISTS app.errant_marker (i INT)")
+    sid = db2.query("SELECT @@server_id AS v")[0]["v"]
+    try:
+        refused(salt_run_cli, mariadb_servers, "no errant transactions", f"-{sid}-")
+    finally:
+        # the usual repair: the master gets a transaction with the replica's server_id
+        # (a replica skips events of its own server_id), then the marker goes everywhere
+        db1.session(f"SET SESSION server_id = {sid}", "CREATE TABLE IF NOT EXISTS app.errant_marker (i INT)")
+        db1.query("DROP TABLE app.errant_marker")
+    caught_up(mariadb_servers, "db1")
+    data = switch(salt_run_cli, "db2", "dry_run=True")
+    assert data["result"] is True, failed_checks(data)
+
+
+def test_refused_new_master_not_a_replica(switch_ready, salt_run_cli, salt_cli, mariadb_servers):
+    db2 = mariadb_servers["db2"]
+    db2.session("STOP SLAVE", "RESET SLAVE ALL")
+    refused(salt_run_cli, mariadb_servers, "new master replicates from the current master", "replicates from nobody",
+            keep=("db2",))
+    ret = apply(salt_cli)  # the highstate puts the link back
+    assert all_ok(ret) == {}, all_ok(ret)
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_refused_read_only_admin_through_public(switch_ready, salt_run_cli, mariadb_servers):
+    db1 = mariadb_servers["db1"]
+    db1.query("GRANT READ_ONLY ADMIN ON *.* TO PUBLIC")
+    try:
+        refused(salt_run_cli, mariadb_servers, "no app user can write through read_only",
+                f"{workload.APP_USER}@%: READ_ONLY ADMIN granted to PUBLIC")
+    finally:
+        db1.query("REVOKE READ_ONLY ADMIN ON *.* FROM PUBLIC")
+    caught_up(mariadb_servers, "db1")
+
+
+def test_refused_event_with_root_definer(switch_ready, salt_run_cli, mariadb_servers):
+    db1 = mariadb_servers["db1"]
+    db1.query("CREATE EVENT app.ev_root ON SCHEDULE EVERY 1 HOUR DO DELETE FROM app.probe WHERE 1 = 0")
+    try:
+        refused(salt_run_cli, mariadb_servers, "no event can write through read_only", "app.ev_root runs as root@localhost")
+    finally:
+        db1.query("DROP EVENT app.ev_root")
+    caught_up(mariadb_servers, "db1")
+
+
+def test_refused_when_a_minion_does_not_answer(switch_ready, salt_run_cli, salt_minions, mariadb_servers):
+    salt_minions["db3"].terminate()
+    try:
+        refused(salt_run_cli, mariadb_servers, "reachable", "db3")
+    finally:
+        salt_minions["db3"].start()
+
+
+class Background:
+    """``salt-run mysqlrepl.switch`` in a thread (for faults injected while it holds)."""
+
+    def __init__(self, salt_run_cli, *args):
+        import threading  # pylint: disable=import-outside-toplevel
+
+        self.data = None
+        self.thread = threading.Thread(target=self._run, args=(salt_run_cli, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, salt_run_cli, args):
+        self.data = switch(salt_run_cli, *args)
+
+    def result(self):
+        self.thread.join(180)
+        assert self.data is not None
+        return self.data
+
+
+def read_only(srv):
+    try:
+        return srv.query("SELECT @@read_only AS v")[0]["v"]
+    except pymysql.err.MySQLError:
+        return None
+
+
+def test_long_write_on_old_master_aborts_within_budget(switch_ready, salt_run_cli, mariadb_servers):
+    import threading  # pylint: disable=import-outside-toplevel
+
+    db1 = mariadb_servers["db1"]
+    done = {}
+
+    def long_insert():
+        conn = pymysql.connect(host=db1.address, port=db1.port, user=workload.APP_USER,
+                               password=workload.APP_PASSWORD, autocommit=True, ssl_disabled=True)
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO app.seqlog (writer, seq, server_id) SELECT 'L', 1, SLEEP(10)")
+        conn.close()
+        done["at"] = time.monotonic()
+
+    thread = threading.Thread(target=long_insert, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    record = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"]
+    data = switch(salt_run_cli, "db2")
+    assert data["result"] is False, data
+    crit = data["critical_section"]
+    assert crit["outcome"] == "aborted" and "budget" in crit["reason"], crit
+    step = crit["steps"][0]
+    assert step["step"] == "old_read_only" and not step["ok"] and 900 <= step["ms"] < 2500, step
+    assert [s["step"] for s in crit["steps"]] == ["old_read_only"]
+    assert master_of(mariadb_servers) == "db1"
+    assert run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"] == record
+    thread.join(20)
+    assert "at" in done  # the long write committed once the switch had let go
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_sql_thread_stopped_after_read_only_rolls_back(switch_ready, salt_run_cli, mariadb_servers):
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    bg = Background(salt_run_cli, "db2", "hold_after=old_read_only", "hold_s=3")
+    wait_for(lambda: read_only(db1) == 1, timeout=30, what="db1 read-only")
+    db2.query("STOP SLAVE SQL_THREAD")
+    db1.query("INSERT INTO app.seqlog (writer, seq, server_id) VALUES ('R', 1, @@server_id)")  # root
+    data = bg.result()
+    crit = data["critical_section"]
+    assert data["result"] is False and crit["outcome"] == "aborted", data
+    assert "did not apply" in crit["reason"] and "SQL No" in crit["reason"], crit["reason"]
+    assert read_only(db1) == 0 and read_only(db2) == 1
+    db2.query("START SLAVE SQL_THREAD")
+    caught_up(mariadb_servers, "db1")
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_new_master_killed_after_stop_slave_rolls_back(switch_ready, salt_run_cli, mariadb_servers):
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=3")
+    wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
+             timeout=30, what="STOP SLAVE on db2")
+    db2.kill9()
+    data = bg.result()
+    crit = data["critical_section"]
+    assert data["result"] is False and crit["outcome"] == "aborted", data
+    assert "down (it restarts read-only)" in crit["reason"], crit["reason"]
+    assert read_only(db1) == 0
+    db2.start()
+    assert read_only(db2) == 1
+    caught_up(mariadb_servers, "db1")
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_old_master_killed_after_read_only_goes_forward(switch_ready, salt_run_cli, salt_cli, mariadb_servers):
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    want = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    bg = Background(salt_run_cli, "db2", "hold_after=old_gtid_pos", "hold_s=3")
+    wait_for(lambda: read_only(db1) == 1, timeout=30, what="db1 read-only")
+    db1.kill9()
+    data = bg.result()
+    crit = data["critical_section"]
+    # every GTID captured at read_only time is on db2: it goes forward
+    assert crit["outcome"] == "promoted" and crit["pos"] == want, crit
+    assert data["result"] is False and "db1" in data["comment"], data["comment"]
+    assert data["servers"]["db1"]["reachable"] is False
+    assert read_only(db2) == 0
+    assert run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"]["master"] == "db2"
+    db1.start()
+    assert read_only(db1) == 1  # a master that restarts comes back read-only
+    ret = apply(salt_cli)
+    bad = all_ok(ret)
+    assert set(bad) == {"db1"} and "rejoin" in " ".join(c for _i, c in bad["db1"]), bad
+    data = run_return(salt_run_cli.run("mysqlrepl.rejoin", "server=db1"))
+    assert data["result"] is True, data
+    all_links_verified(mariadb_servers, "db2")
+    data = switch(salt_run_cli, "db1")
+    assert data["result"] is True, data["comment"]
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_state_survives_restart_of_master_and_servers(switch_ready, salt_run_cli, salt_cli, salt_master,
+                                                      salt_minions, mariadb_servers, app_minion):
+    data = switch(salt_run_cli, "db2")
+    assert data["result"] is True, data["comment"]
+    salt_master.terminate()
+    for srv in mariadb_servers.values():
+        srv.restart()
+    salt_master.start()
+    def pinged():
+        ret = salt_cli.run("-L", "test.ping", "--timeout=5", minion_tgt=",".join(NAMES))
+        return (ret.data or {}) == {n: True for n in NAMES}
+
+    wait_for(pinged, timeout=90, interval=2, what="minions back")
+    assert {n: read_only(s) for n, s in mariadb_servers.items()} == {n: 1 for n in NAMES}
+    assert run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"]["master"] == "db2"
+    ret = salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=app_minion.id)
+    ret = salt_cli.run("pillar.get", "infra:hosts_entries:masterdb", "unmask=True", minion_tgt=app_minion.id)
+    assert ret.data == mariadb_servers["db2"].address, ret
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, all_ok(ret)
+    assert changes_of(ret) == {"db1": {}, "db2": {"mysqlrepl-replication": {"db2": {
+        "read_only": {"old": "ON", "new": "OFF"}}}}, "db3": {}}, changes_of(ret)
+    all_links_verified(mariadb_servers, "db2")
+    data = switch(salt_run_cli, "db1")
+    assert data["result"] is True, data["comment"]
