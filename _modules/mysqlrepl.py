@@ -715,6 +715,14 @@ def config_apply(server=None, test=False):
                     _run(conn, _sql("set_global")(key, _set_value(want)))
                 except CommandExecutionError as exc:
                     raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
+            if "rpl_semi_sync_slave_enabled" in live_set:
+                # a running IO thread only picks the setting up when it reconnects
+                version = _version(conn)
+                rs = _replica_status(conn, version)
+                if rs is not None and rs["io_running"] == "Yes":
+                    for stmt in _sql("restart_io_thread")(version):
+                        _run(conn, stmt)
+                    notes.append("replication IO thread restarted for semi-sync")
     if plan.get("plugins"):
         conn = _connect(srv)
         with _u("mysqlrepl_db.closing")(conn):

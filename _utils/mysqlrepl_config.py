@@ -73,6 +73,11 @@ DEFAULTS = {
         "connect_retry": 5,
         "heartbeat_period": 2,
         "wait_timeout": 60,
+        # semi-synchronous replication (built into MariaDB): a commit is
+        # acknowledged to the client only once a replica has it (AFTER_SYNC);
+        # past the timeout without a replica's ack the master falls back to async
+        "semi_sync": False,
+        "semi_sync_timeout_ms": 10000,
     },
     "seed": {
         "method": "backup",
@@ -142,6 +147,7 @@ _REPLICATION = {
     "user": (str, False), "password": (str, True), "host": (str, False),
     "require": (str, False), "subject": (str, False), "connect_retry": (int, False),
     "heartbeat_period": ((int, float), False), "wait_timeout": (int, False),
+    "semi_sync": (bool, False), "semi_sync_timeout_ms": (int, False),
 }
 _SEED = {"method": (str, False), "port": (int, False), "timeout": (int, False),
          "log_copy_interval": (int, False)}
@@ -454,6 +460,17 @@ def desired_settings(cfg, name):
         ("ssl_cert", files["cert"]),
         ("ssl_key", files["key"]),
     ]
+    # every server may become master or replica: both sides on every server
+    semi = cfg["replication"]["semi_sync"]
+    settings += [
+        ("rpl_semi_sync_master_enabled", "ON" if semi else "OFF"),
+        ("rpl_semi_sync_slave_enabled", "ON" if semi else "OFF"),
+    ]
+    if semi:
+        settings += [
+            ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
+            ("rpl_semi_sync_master_timeout", str(cfg["replication"]["semi_sync_timeout_ms"])),
+        ]
     if srv.get("bind_address"):
         settings.append(("bind_address", srv["bind_address"]))
     known = {k for k, _ in settings}

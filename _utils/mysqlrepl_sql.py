@@ -175,6 +175,12 @@ def start_replica(version):
     return ("START REPLICA", None)
 
 
+def restart_io_thread(version):
+    """Reconnect the replica's IO thread (it reads semi-sync settings at connect)."""
+    noun = "SLAVE" if version.is_mariadb or version.number < (8, 0, 22) else "REPLICA"
+    return [(f"STOP {noun} IO_THREAD", None), (f"START {noun} IO_THREAD", None)]
+
+
 def stop_replica(version):
     if version.is_mariadb or version.number < (8, 0, 22):
         return ("STOP SLAVE", None)

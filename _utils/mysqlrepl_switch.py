@@ -332,6 +332,7 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         return rollback(f"{new.name} refused read_only=0 ({exc})")
     out["new_writable"] = True
     out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
+    out["writable_at"] = time.time()  # wall clock, for figures taken elsewhere (bench)
     done("new_writable", t0)
 
     # 6. Events that ran on the old master run here now (failures reported, not undone).

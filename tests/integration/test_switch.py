@@ -491,3 +491,43 @@ def test_state_survives_restart_of_master_and_servers(switch_ready, salt_run_cli
     all_links_verified(mariadb_servers, "db2")
     data = switch(salt_run_cli, "db1")
     assert data["result"] is True, data["comment"]
+
+
+def test_semi_sync_from_pillar_survives_a_switch(switch_ready, salt_run_cli, salt_cli, write_pillar,
+                                                  mariadb_servers, harness_root):
+    from tests.support.topology import build_pillar  # pylint: disable=import-outside-toplevel
+
+    def status(srv, name):
+        rows = srv.query("SHOW GLOBAL STATUS LIKE %s", (name,))
+        return rows[0]["Value"] if rows else None
+
+    write_pillar(build_pillar(mariadb_servers, harness_root, replication={"semi_sync": True}))
+    try:
+        ret = apply(salt_cli)
+        assert all_ok(ret) == {}, all_ok(ret)
+        db1 = mariadb_servers["db1"]
+        assert status(db1, "Rpl_semi_sync_master_status") == "ON"
+        assert db1.query("SELECT @@rpl_semi_sync_master_wait_point AS v")[0]["v"] == "AFTER_SYNC"
+        for name in ("db2", "db3"):
+            wait_for(lambda n=name: status(mariadb_servers[n], "Rpl_semi_sync_slave_status") == "ON",
+                     timeout=15, what=f"semi-sync replica {name}")
+        yes = int(status(db1, "Rpl_semi_sync_master_yes_tx"))
+        db1.query("INSERT INTO app.seqlog (writer, seq, server_id) VALUES ('S', 1, @@server_id)")
+        assert int(status(db1, "Rpl_semi_sync_master_yes_tx")) == yes + 1  # acknowledged by a replica
+        ret = apply(salt_cli)
+        assert changes_of(ret) == {n: {} for n in NAMES}, changes_of(ret)
+        data = switch(salt_run_cli, "db2")
+        assert data["result"] is True, data["comment"]
+        db2 = mariadb_servers["db2"]
+        wait_for(lambda: status(db2, "Rpl_semi_sync_master_clients") == "2", timeout=15,
+                 what="both replicas semi-sync clients of db2")
+        yes = int(status(db2, "Rpl_semi_sync_master_yes_tx"))
+        db2.query("INSERT INTO app.seqlog (writer, seq, server_id) VALUES ('S', 2, @@server_id)")
+        assert int(status(db2, "Rpl_semi_sync_master_yes_tx")) == yes + 1
+        data = switch(salt_run_cli, "db1")
+        assert data["result"] is True, data["comment"]
+    finally:
+        write_pillar(build_pillar(mariadb_servers, harness_root))
+        ret = apply(salt_cli)
+        assert all_ok(ret) == {}, all_ok(ret)
+    assert all(status(s, "Rpl_semi_sync_master_status") == "OFF" for s in mariadb_servers.values())
