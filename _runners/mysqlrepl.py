@@ -579,7 +579,34 @@ def _server_states(cfg):
     return out
 
 
-def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5):  # pylint: disable=redefined-outer-name
+def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
+    """
+    App minions of the topology (pillar ``mysqlrepl_app:topology``) fetch the new
+    record (``infra:hosts_entries:masterdb``) and apply ``sls``; runs beside the
+    replicas' repointing so apps follow as soon as the new master takes writes.
+    """
+    tgt = f"I@mysqlrepl_app:topology:{topology}"
+    started = time.monotonic()
+    try:
+        client = _client()
+        refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
+                               timeout=30)
+        applied = client.cmd(tgt, "state.apply", [sls], tgt_type="compound", timeout=120) if refreshed else {}
+        failed = {}
+        for minion, states in applied.items():
+            if not isinstance(states, dict):
+                failed[minion] = str(states)
+                continue
+            bad = [st.get("comment") for st in states.values() if isinstance(st, dict) and st.get("result") is False]
+            if bad:
+                failed[minion] = "; ".join(map(str, bad))
+        out.update(minions=sorted(applied), failed=failed, seconds=round(time.monotonic() - started, 3))
+    except Exception as exc:  # pylint: disable=broad-except
+        out.update(error=str(exc), seconds=round(time.monotonic() - started, 3))
+
+
+def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5,  # pylint: disable=redefined-outer-name
+           app_sls="mysqlrepl.app"):
     """
     Planned switchover: make ``new_master`` the master of the topology with a
     write block of milliseconds and no lost row.
@@ -596,6 +623,12 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5):
        master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other replicas are
        repointed in parallel over verified TLS with GTID; the switch waits until
        every replica runs and has caught up.
+
+    Right after the record names the new master, the topology's app minions
+    (pillar ``mysqlrepl_app:topology``) refresh their pillar and apply
+    ``app_sls`` (default ``mysqlrepl.app``: the ``masterdb`` hosts entry),
+    beside the replicas' repointing; ``app_sls=""`` leaves apps to the
+    orchestration.
 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
@@ -622,7 +655,8 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5):
         ret["old_master"] = old
         with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})"):
             return _switch_locked(cfg, old, new_master, bool(dry_run), jid, ret, started,
-                                  {"after": hold_after, "seconds": float(hold_s)} if hold_after else None)
+                                  {"after": hold_after, "seconds": float(hold_s)} if hold_after else None,
+                                  app_sls)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
         return _fail(ret, str(exc))
@@ -632,7 +666,7 @@ def _tag(step):
     return f"switch/{step}"
 
 
-def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
+def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
     topo = cfg["topology"]
     _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
     # the old master last: its gtid_binlog_state must be read after the others'
@@ -721,6 +755,11 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
     _write_record(topo, _new_record(cfg, new, previous=old, switching=switching, pos=crit.get("pos")))
     t_after = time.monotonic()
     problems = []
+    apps = {}
+    apps_thread = None
+    if app_sls:
+        apps_thread = threading.Thread(target=_update_apps, args=(topo, app_sls, apps), daemon=True)
+        apps_thread.start()
     # in parallel: the new master forgets its old link, the old master is
     # demoted, the other replicas follow (the new master is passed explicitly:
     # no pillar refresh needed first)
@@ -768,6 +807,12 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold):
         except CommandExecutionError as exc:
             problems.append(str(exc))
     ret["timings"]["replicas_ready_s"] = round(time.monotonic() - t_after, 3)
+    if apps_thread is not None:
+        apps_thread.join(180)
+        ret["apps"] = apps
+        ret["timings"]["apps_s"] = apps.get("seconds")
+        if apps.get("error") or apps.get("failed"):
+            problems.append(f"app minions: {apps.get('error') or apps.get('failed')}")
     ret["servers"] = _server_states(cfg)
     for name, st in ret["servers"].items():
         if name != new and st.get("reachable", True) and not st.get("tls_verified"):

@@ -426,6 +426,8 @@ def master_config(root, srv, ports):
         "fileserver_backend": ["roots"],
         "file_roots": {"base": [str(srv), str(SUPPORT_SALT_DIR)]},
         "pillar_roots": {"base": [str(root / "pillar")]},
+        # the formula's master record (who is master after a switch)
+        "ext_pillar": [{"mysqlrepl": {}}],
         "enable_legacy_startup_events": False,
     }
 
@@ -487,6 +489,8 @@ def pillar_text(servers, root, password, seed_port):
             "wait_timeout": 30,
         },
         "seed": {"port": seed_port, "timeout": 600},
+        # the switch's own account (REQUIRE X509): sets read_only on the old master
+        "admin": {"password": gen_password()},
         "servers": {},
     }
     for name, srv in servers.items():
@@ -579,7 +583,12 @@ def summarise_status(data, state):
 def check_status(data, state):
     """Problems in the replication status: threads, TLS of every binlog dump."""
     problems = []
-    master = "db1"
+    masters = [n for n, st in data.items() if isinstance(st, dict) and st.get("replica") is None]
+    if len(masters) != 1:
+        return [f"expected one server replicating from nobody, found {masters}"]
+    master = masters[0]
+    if (data[master].get("variables") or {}).get("read_only") != "OFF":
+        problems.append(f"{master} (the master) is read-only")
     replicas = [n for n in state["servers"] if n != master]
     for name in replicas:
         rep = (data.get(name) or {}).get("replica")
@@ -717,23 +726,7 @@ def cmd_up(args):
         db1.query("CREATE DATABASE IF NOT EXISTS sandbox")
         db1.query("CREATE TABLE IF NOT EXISTS sandbox.hello "
                   "(id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64), at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6))")
-        token = f"hello-{secrets.token_hex(4)}"
-        db1.query("INSERT INTO sandbox.hello (v) VALUES (%s)", (token,))
-        t_write = time.monotonic()
-        for name in ("db2", "db3"):
-            srv = servers[name]
-            deadline = time.monotonic() + 30
-            while True:
-                rows = []
-                if srv.query("SHOW DATABASES LIKE 'sandbox'"):
-                    if srv.query("SHOW TABLES FROM sandbox LIKE 'hello'"):
-                        rows = srv.query("SELECT id, v FROM sandbox.hello WHERE v = %s", (token,))
-                if rows:
-                    say(f"      {name}: {rows[0]} (seen {1000 * (time.monotonic() - t_write):.0f} ms after the write)")
-                    break
-                if time.monotonic() > deadline:
-                    raise Failed(f"row {token!r} written on db1 did not reach {name} within 30 s")
-                time.sleep(0.05)
+        row_travels(servers, "db1")
 
     with Step("salt 'db*' mysqlrepl.status"):
         data = show_status(salt, state)
@@ -741,11 +734,44 @@ def cmd_up(args):
         if problems:
             raise Failed("replication status:\n" + "\n".join(f"  {p}" for p in problems))
 
-    # ---------------------------------------------------------------------
-    # PLANNED SWITCHOVER (issue 4): when it lands, `up` runs a planned
-    # switchover here (db1 -> db2), writes a row on the new master, shows it
-    # on the others and prints the status again.
-    # ---------------------------------------------------------------------
+    # planned switchover db1 -> db2
+    with Step(f"the plan first   ({salt.shown('salt-run', 'mysqlrepl.switch', 'new_master=db2', 'dry_run=True')})"):
+        proc, data = salt.run("mysqlrepl.switch", "new_master=db2", "dry_run=True")
+        if not isinstance(data, dict) or data.get("result") is not True:
+            raise Failed(f"dry run refused: {(data or {}).get('comment') if isinstance(data, dict) else _proc_tail(proc)}")
+        for i, step in enumerate(data["plan"], 1):
+            say(f"      {i:2}. {step}")
+
+    pillar_arg = 'pillar={"mysqlrepl": {"new_master": "db2"}}'
+    with Step(f"switch the master to db2   ({salt.shown('salt-run', 'state.orchestrate', 'mysqlrepl.orch.switch', pillar_arg)})"):
+        proc, data = salt.run("state.orchestrate", "mysqlrepl.orch.switch", pillar_arg)
+        states = orch_states(data)
+        failures = state_failures(states) if states is not None else [("orchestrate", _proc_tail(proc))]
+        if failures or proc.returncode:
+            raise Failed("state.orchestrate mysqlrepl.orch.switch failed:\n"
+                         + "\n".join(f"  {where}:\n{indent(comment)}" for where, comment in failures))
+        ret = next(((st.get("changes") or {}).get("return") or {} for st in states.values()
+                    if st.get("__id__") == "mysqlrepl-switch"), {})
+        timings = ret.get("timings") or {}
+        say(f"      {ret.get('comment')}")
+        say(f"      write block {timings.get('block_ms')} ms; replicas ready {timings.get('replicas_ready_s')} s; "
+            f"runner {timings.get('total_s')} s")
+        proc, data = salt.run("mysqlrepl.record", f"topology={TOPOLOGY}")
+        say(f"      master record: {(data or {}).get('comment') if isinstance(data, dict) else data}")
+
+    with Step("write a row on db2 (the new master), read it on db1 and db3"):
+        row_travels(servers, "db2")
+
+    with Step("salt 'db*' state.apply mysqlrepl   (after the switch: must change nothing)"):
+        changed = apply_formula(salt)
+        if changed:
+            raise Failed(f"the state.apply after the switch changed {changed} states")
+
+    with Step("salt 'db*' mysqlrepl.status"):
+        data = show_status(salt, state)
+        problems = check_status(data, state)
+        if problems:
+            raise Failed("replication status:\n" + "\n".join(f"  {p}" for p in problems))
 
     state["up_seconds"] = round(time.monotonic() - T0, 1)
     save_state(state)
@@ -756,6 +782,28 @@ def cmd_up(args):
     say("")
     print_usage(root, state)
 
+
+
+def row_travels(servers, master):
+    """Insert a row on ``master`` and wait until every other server has it."""
+    token = f"hello-{secrets.token_hex(4)}"
+    servers[master].query("INSERT INTO sandbox.hello (v) VALUES (%s)", (token,))
+    t_write = time.monotonic()
+    for name, srv in servers.items():
+        if name == master:
+            continue
+        deadline = time.monotonic() + 30
+        while True:
+            rows = []
+            if srv.query("SHOW DATABASES LIKE 'sandbox'"):
+                if srv.query("SHOW TABLES FROM sandbox LIKE 'hello'"):
+                    rows = srv.query("SELECT id, v FROM sandbox.hello WHERE v = %s", (token,))
+            if rows:
+                say(f"      {name}: {rows[0]} (seen {1000 * (time.monotonic() - t_write):.0f} ms after the write)")
+                break
+            if time.monotonic() > deadline:
+                raise Failed(f"row {token!r} written on {master} did not reach {name} within 30 s")
+            time.sleep(0.05)
 
 
 def orchestrate(salt):
@@ -832,7 +880,10 @@ def print_usage(root, state):
     say("  salt db2 mysqlrepl.replication_check")
     say("  salt 'db*' mysqlrepl.tls_check")
     say("  salt-run mysqlrepl.topology")
-    say("  db1 -e 'INSERT INTO sandbox.hello (v) VALUES (\"mine\")'; db3 -e 'SELECT * FROM sandbox.hello'")
+    say("  salt-run mysqlrepl.record                 # who is master since the last switch")
+    say("  salt-run mysqlrepl.switch new_master=db1 dry_run=True")
+    say("  salt-run state.orchestrate mysqlrepl.orch.switch pillar='{\"mysqlrepl\": {\"new_master\": \"db1\"}}'")
+    say("  db2 -e 'INSERT INTO sandbox.hello (v) VALUES (\"mine\")'; db3 -e 'SELECT * FROM sandbox.hello'")
     say("or without the env file:")
     say(f"  .venv/bin/salt -c {conf} 'db*' mysqlrepl.status")
     say(f"  .venv/bin/salt-run -c {conf} state.orchestrate mysqlrepl.orch.setup")

@@ -7,9 +7,10 @@
 #   salt-run state.orchestrate mysqlrepl.orch.switch \
 #     pillar='{"mysqlrepl": {"new_master": "db2", "topology": "production"}}'
 #
-# sync -> salt-run mysqlrepl.switch (prechecks, write block, master record,
-# replicas repointed and caught up) -> pillar refresh on the app minions ->
-# their hosts entry / app config (mysqlrepl_orch:app_sls, default mysqlrepl.app).
+# sync -> salt-run mysqlrepl.switch (prechecks, write block, master record;
+# then, side by side, the app minions' pillar refresh + hosts entry / app
+# config (mysqlrepl_orch:app_sls, default mysqlrepl.app) and the replicas
+# repointed and caught up) -> the app minions once more, to confirm.
 # Every step fails hard. test=True does not run runners: see the plan with
 #   salt-run mysqlrepl.switch new_master=db2 dry_run=True
 {%- set req = salt['pillar.get']('mysqlrepl', {}) %}
@@ -52,6 +53,7 @@ mysqlrepl-switch:
   salt.runner:
     - name: mysqlrepl.switch
     - new_master: {{ new_master | json }}
+    - app_sls: {{ app_sls | join(',') | json }}
 {%- if topology %}
     - topology: {{ topology | json }}
 {%- endif %}

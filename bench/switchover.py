@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""
+Planned switchover figures: N switchovers back and forth (db1 <-> db2) through
+``salt-run state.orchestrate mysqlrepl.orch.switch`` under writers that are
+told nothing by the switch, on a real salt-master with minions and R+1 MariaDB
+servers on loopback (``sync_binlog=1``, ``innodb_flush_log_at_trx_commit=1``,
+as the formula writes them).
+
+    .venv/bin/python bench/switchover.py --runs 20 --replicas 2
+    .venv/bin/python bench/switchover.py --runs 20 --replicas 8 --compare 2
+
+``--compare R2`` brings up a second topology with R2 replicas on the same
+salt-master (as staging and production would be) and interleaves their runs.
+
+Figures per run:
+
+* block: the longest gap between two consecutive commits of writer A (one
+  commit every 2-3 ms as the app user, finding the writable master like a
+  read_only-aware driver) that overlaps [switch start, A's first commit on the
+  new master's server_id]. A run with no master change is a failed run.
+* repoint: from the new master becoming writable (the critical section's
+  clock) until the app minion's rendered hosts entry names it and writer B
+  (which connects to whatever ``masterdb`` names in that hosts file) has its
+  first commit there.
+* replicas ready: from the end of the write block until every replica runs
+  from the new master, TLS-verified and caught up (the runner's figure).
+
+Last line:
+``switchover runs=<N> replicas=<R> block_p50_ms=.. block_max_ms=.. repoint_p50_s=.. replicas_ready_p50_s=.. acked=.. lost=.. dup=..``
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support import mariadb, workload  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("sandbox_run", REPO / "sandbox" / "run.py")
+sb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sb)
+
+PORT = 33306
+SEED_PORT = 34445
+PASSWORD = "bench-Repl-pw_4c1"
+ADMIN_PASSWORD = "bench-Sw1tch-pw_88"
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def p50(values):
+    return statistics.median(values) if values else float("nan")
+
+
+class Topology:
+    """R+1 servers owned by one db minion, plus an app minion with its own hosts file."""
+
+    def __init__(self, root, name, replicas, first_octet):
+        self.root = root
+        self.name = name
+        self.replicas = replicas
+        self.first_octet = first_octet
+        self.db_minion = f"{name}-db"
+        self.app_minion = f"{name}-app"
+        self.names = [f"db{i + 1}" for i in range(replicas + 1)]
+        self.servers = {}
+        self.hosts_file = root / self.app_minion / "hosts"
+        self.results = []
+        self.master = "db1"
+
+    def start_servers(self):
+        self.servers = mariadb.start_servers(self.root / "db" / self.name, names=self.names,
+                                             first_octet=self.first_octet, port=PORT)
+        for srv in self.servers.values():
+            srv.write_service_json(self.root / "svc" / self.db_minion)
+
+    def pillar(self):
+        servers = {}
+        for name, srv in self.servers.items():
+            entry = srv.pillar_entry()
+            entry["minion"] = self.db_minion
+            servers[name] = entry
+        db1 = self.servers["db1"]
+        return {"mysqlrepl": {
+            "topology": self.name, "master": "db1", "restart_allowed": True,
+            "ca": {"minion": self.db_minion, "ca_name": "mysql", "cacert_path": str(db1.root / "pki"),
+                   "bits": 2048, "days": 730, "CN": f"{self.name}-ca.bench", "O": "bench"},
+            "tls": {"subject": {"O": "bench"}},
+            "replication": {"user": "repl", "password": PASSWORD, "require": "x509", "connect_retry": 1,
+                            "heartbeat_period": 1, "wait_timeout": 60},
+            "seed": {"port": SEED_PORT, "timeout": 600},
+            "admin": {"password": ADMIN_PASSWORD},
+            "switch": {"ready_timeout": 120},
+            "servers": servers,
+        }}
+
+    def app_pillar(self):
+        return {"mysqlrepl_app": {"topology": self.name},
+                "infra": {"hosts_entries": {"masterdb": self.servers["db1"].address}}}
+
+    def endpoints(self):
+        return {n: (s.address, s.port) for n, s in self.servers.items()}
+
+    def server_ids(self):
+        return {s.server_id: n for n, s in self.servers.items()}
+
+    def resolve(self):
+        try:
+            text = self.hosts_file.read_text(encoding="utf-8")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and "masterdb" in parts[1:]:
+                return parts[0], PORT
+        return None
+
+
+def bring_up(root, topologies):
+    """salt-master (with the formula's ext_pillar), one db minion and one app minion per topology."""
+    salt = sb.Salt(root)
+    srv_tree = sb.make_state_tree(root)
+    ports = {"publish": sb.free_port(), "ret": sb.free_port()}
+    while ports["ret"] == ports["publish"]:
+        ports["ret"] = sb.free_port()
+    mcfg = sb.master_config(root, srv_tree, ports)
+    mcfg["ext_pillar"] = [{"mysqlrepl": {}}]
+    sb.write_yaml(root / "master" / "master", mcfg)
+    pillar_dir = root / "pillar"
+    top = {}
+    for topo in topologies:
+        sb.write_yaml(pillar_dir / f"{topo.name}_db.sls", topo.pillar(), mode=0o600)
+        sb.write_yaml(pillar_dir / f"{topo.name}_app.sls", topo.app_pillar())
+        top[topo.db_minion] = [f"{topo.name}_db"]
+        top[topo.app_minion] = [f"{topo.name}_app"]
+    sb.write_yaml(pillar_dir / "top.sls", {"base": top})
+    pids = {"master": sb.spawn(["salt-master", "-c", str(root / "master")], root / "master" / "logs").pid}
+    minions = []
+    for topo in topologies:
+        for minion in (topo.db_minion, topo.app_minion):
+            cfg = sb.minion_config(root, minion, ports)
+            if minion == topo.app_minion:
+                topo.hosts_file.parent.mkdir(parents=True, exist_ok=True)
+                topo.hosts_file.write_text("127.0.0.1 localhost\n", encoding="utf-8")
+                cfg["hosts.file"] = str(topo.hosts_file)
+            sb.write_yaml(root / minion / "minion", cfg)
+            minions.append(minion)
+    time.sleep(2)
+    for minion in minions:
+        pids[minion] = sb.spawn(["salt-minion", "-c", str(root / minion)], root / minion / "logs").pid
+    deadline = time.monotonic() + 120
+    while True:
+        proc, data = salt.salt("*", "test.ping", timeout=5)
+        if isinstance(data, dict) and all(data.get(m) is True for m in minions):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"minions did not answer: {data}")
+        time.sleep(1)
+    proc, data = salt.run("saltutil.sync_all")
+    proc, data = salt.salt("*", "saltutil.sync_all")
+    return salt, pids
+
+
+def orchestrate(salt, sls, pillar):
+    proc, data = salt.run("state.orchestrate", sls, f"pillar={json.dumps(pillar)}", timeout=1800)
+    states = sb.orch_states(data)
+    failures = sb.state_failures(states) if states is not None else [("orchestrate", sb._proc_tail(proc))]
+    return states, failures
+
+
+def one_switch(salt, topo, writer_a, writer_b):
+    new = "db2" if topo.master == "db1" else "db1"
+    new_sid = topo.servers[new].server_id
+    t0 = time.time()
+    states, failures = orchestrate(salt, "mysqlrepl.orch.switch",
+                                   {"mysqlrepl": {"new_master": new, "topology": topo.name}})
+    t1 = time.time()
+    run = {"to": new, "orch_s": t1 - t0, "ok": not failures}
+    if failures:
+        run["error"] = "; ".join(f"{w}: {c}" for w, c in failures)[:600]
+        return run
+    runner = next(st for st in states.values() if st.get("__id__") == "mysqlrepl-switch")
+    ret = (runner.get("changes") or {}).get("return") or {}
+    crit = ret.get("critical_section") or {}
+    topo.master = new
+    # the first commit of writer A on the new master's server_id
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(sid == new_sid and t >= t0 for _s, sid, t in writer_a.acked):
+        time.sleep(0.01)
+    block = workload.block_ms(list(writer_a.acked), t0, new_sid)
+    if block is None:
+        run.update(ok=False, error=f"no commit of writer A on {new} after the switch")
+        return run
+    writable_at = crit.get("writable_at") or t0
+    while time.time() < deadline + 10 and not any(
+            sid == new_sid and t >= writable_at for _s, sid, t in writer_b.acked):
+        time.sleep(0.01)
+    first_b = next((t for _s, sid, t in list(writer_b.acked) if sid == new_sid and t >= writable_at), None)
+    run.update(
+        block_ms=block,
+        crit_block_ms=crit.get("block_ms"),
+        crit_total_ms=crit.get("total_ms"),
+        repoint_s=(first_b - writable_at) if first_b else None,
+        replicas_ready_s=(ret.get("timings") or {}).get("replicas_ready_s"),
+        hosts_ok=topo.resolve() == (topo.servers[new].address, PORT),
+    )
+    if first_b is None or not run["hosts_ok"]:
+        run.update(ok=False, error="the masterdb writer never reached the new master")
+    return run
+
+
+def verify(topo, writers):
+    """acked, lost, dup over every server of the topology (after catching up)."""
+    master = topo.servers[topo.master]
+    pos = master.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    for name, srv in topo.servers.items():
+        if name != topo.master:
+            srv.query("SELECT MASTER_GTID_WAIT(%s, 120) AS r", (pos,))
+    acked = lost = dup = 0
+    for writer in writers:
+        seqs = {seq for seq, _sid, _t in writer.acked}
+        acked += len(seqs)
+        for srv in topo.servers.values():
+            counts = {r["seq"]: r["n"] for r in srv.query(
+                "SELECT seq, COUNT(*) AS n FROM app.seqlog WHERE writer = %s GROUP BY seq", (writer.writer,))}
+            lost += len(seqs - set(counts))
+            dup += sum(1 for s, n in counts.items() if n > 1)
+    sums = {tuple(r["Checksum"] for r in s.query("CHECKSUM TABLE app.seqlog")) for s in topo.servers.values()}
+    return acked, lost, dup, len(sums) == 1
+
+
+def summary(topo, runs, acked, lost, dup):
+    good = [r for r in runs if r["ok"]]
+    blocks = [r["block_ms"] for r in good]
+    repoints = [r["repoint_s"] for r in good if r.get("repoint_s") is not None]
+    ready = [r["replicas_ready_s"] for r in good if r.get("replicas_ready_s") is not None]
+    orch = [r["orch_s"] for r in good]
+    share = [r["crit_total_ms"] / 1000 / r["orch_s"] for r in good if r.get("crit_total_ms")]
+    log(f"# {topo.name}: {len(good)}/{len(runs)} runs ok; orchestration p50 {p50(orch):.2f} s "
+        f"(max {max(orch) if orch else float('nan'):.2f} s); critical section p50 "
+        f"{p50([r['crit_total_ms'] for r in good if r.get('crit_total_ms')]):.1f} ms = "
+        f"{100 * p50(share):.3f}% of the orchestration; write block measured by the critical section p50 "
+        f"{p50([r['crit_block_ms'] for r in good if r.get('crit_block_ms')]):.1f} ms")
+    return (f"switchover runs={len(runs)} replicas={topo.replicas} block_p50_ms={p50(blocks):.1f} "
+            f"block_max_ms={max(blocks) if blocks else float('nan'):.1f} repoint_p50_s={p50(repoints):.2f} "
+            f"replicas_ready_p50_s={p50(ready):.2f} acked={acked} lost={lost} dup={dup}"), p50(blocks)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--compare", type=int, default=None, help="second topology with this many replicas, interleaved")
+    ap.add_argument("--keep", action="store_true", help="leave the runtime dir (logs) in place")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.replicas < 1 or args.replicas > 15:
+        ap.error("--runs >= 1 and 1 <= --replicas <= 15")
+    if os.geteuid() != 0:
+        ap.error("run as root (MariaDB runs as mysql; the minions manage its files)")
+    root = pathlib.Path(tempfile.mkdtemp(prefix="mrbs-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    mariadb.become_subreaper()
+    topologies = [Topology(root, f"r{args.replicas}", args.replicas, 101)]
+    if args.compare:
+        topologies.append(Topology(root, f"c{args.compare}", args.compare, 121))
+    pids = {}
+    writers = {}
+    try:
+        t = time.monotonic()
+        for topo in topologies:
+            for address in [f"127.0.0.{topo.first_octet + i}" for i in range(len(topo.names))]:
+                mariadb.check_port_free(address, PORT)
+            topo.start_servers()
+        salt, pids = bring_up(root, topologies)
+        for topo in topologies:
+            _states, failures = orchestrate(salt, "mysqlrepl.orch.setup", {"mysqlrepl_orch": {"topology": topo.name}})
+            if failures:
+                raise RuntimeError(f"setup of {topo.name} failed: {failures}")
+            workload.create_schema(topo.servers["db1"])
+        proc, data = salt.salt("*-app", "state.apply", "mysqlrepl.app")
+        log(f"# setup {time.monotonic() - t:.1f} s ({', '.join(f'{tp.name}: {tp.replicas} replicas' for tp in topologies)})")
+        for topo in topologies:
+            eps = topo.endpoints()
+            writers[topo.name] = (workload.Writer(eps, "A", interval=0.002),
+                                  workload.Writer(eps, "B", interval=0.002, resolve=topo.resolve))
+            for w in writers[topo.name]:
+                w.start()
+        time.sleep(2)
+        for i in range(args.runs):
+            for topo in topologies:
+                run = one_switch(salt, topo, *writers[topo.name])
+                topo.results.append(run)
+                if run["ok"]:
+                    log(f"{topo.name} run {i + 1}: -> {run['to']} block {run['block_ms']:.1f} ms "
+                        f"(critical section {run['crit_block_ms']} ms), repoint {run['repoint_s']:.2f} s, "
+                        f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s")
+                else:
+                    log(f"{topo.name} run {i + 1}: FAILED {run.get('error')}")
+                time.sleep(1)
+        lines = []
+        for topo in topologies:
+            for w in writers[topo.name]:
+                w.stop()
+            acked, lost, dup, same = verify(topo, writers[topo.name])
+            if not same:
+                log(f"# {topo.name}: CHECKSUMS DIFFER between servers")
+            lines.append(summary(topo, topo.results, acked, lost, dup))
+        if args.compare:
+            (_l1, main_p50), (_l2, cmp_p50) = lines
+            limit = max(1.2 * cmp_p50, cmp_p50 + 5)
+            log(f"# block p50 with {args.replicas} replicas {main_p50:.1f} ms vs {args.compare} replicas "
+                f"{cmp_p50:.1f} ms: limit {limit:.1f} ms -> {'met' if main_p50 <= limit else 'NOT met'}")
+            log(lines[1][0])
+        log(lines[0][0])
+    finally:
+        for topo in topologies:
+            for w in writers.get(topo.name, ()):
+                w.stop_event.set()
+        if pids:
+            sb.stop_pids([(pid, what) for what, pid in pids.items()])
+        for topo in topologies:
+            if topo.servers:
+                mariadb.stop_servers(topo.servers.values())
+        mariadb.reap_zombies()
+        if not args.keep:
+            mariadb.remove_tree(root)
+        else:
+            log(f"# kept {root}")
+
+
+if __name__ == "__main__":
+    main()
