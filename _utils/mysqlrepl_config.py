@@ -470,6 +470,11 @@ def desired_settings(cfg, name):
         settings += [
             ("rpl_semi_sync_master_wait_point", "AFTER_SYNC"),
             ("rpl_semi_sync_master_timeout", str(cfg["replication"]["semi_sync_timeout_ms"])),
+            # with no semi-sync replica connected, do not wait: a replica applying its
+            # master's events (log_slave_updates) would otherwise stall each first
+            # commit for the whole timeout (measured: 10 s), and so would a new master
+            # until its replicas reconnect after a switch
+            ("rpl_semi_sync_master_wait_no_slave", "OFF"),
         ]
     if srv.get("bind_address"):
         settings.append(("bind_address", srv["bind_address"]))

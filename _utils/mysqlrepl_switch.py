@@ -286,7 +286,8 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
             rs = new.run(st["replica_status"])
             rs = rs[0] if rs else {}
             detail = (f" (IO {rs.get('Slave_IO_Running')}, SQL {rs.get('Slave_SQL_Running')}"
-                      f"{': ' + rs['Last_SQL_Error'] if rs.get('Last_SQL_Error') else ''})")
+                      f"{': ' + rs['Last_SQL_Error'] if rs.get('Last_SQL_Error') else ''}"
+                      f"{'; applied up to ' + rs['Gtid_Slave_Pos'] if rs.get('Gtid_Slave_Pos') else ''})")
         except Exception:  # pylint: disable=broad-except
             pass
         done("new_catch_up", t0, ok=False, error="timeout")

@@ -77,9 +77,16 @@ def test_dry_run_changes_nothing(switch_ready, salt_run_cli, mariadb_servers):
     assert rec["record"] is None, rec
 
 
-def test_switch_and_back(switch_ready, salt_run_cli, salt_cli, mariadb_servers, app_minion):
+def test_switch_and_back(switch_ready, salt_run_cli, salt_cli, mariadb_servers, app_minion, event_listener,
+                         salt_master):
+    since = time.time()
     data = switch(salt_run_cli, "db2")
     assert data["result"] is True, json.dumps(data, indent=1, default=str)
+    # each step on the event bus
+    tags = [e.tag for e in event_listener.get_events([(salt_master.id, "salt/mysqlrepl/switch/*")],
+                                                     after_time=since)]
+    for step in ("precheck/start", "precheck/ok", "critical/start", "critical/done", "repointed", "done"):
+        assert f"salt/mysqlrepl/switch/{step}" in tags, tags
     assert master_of(mariadb_servers) == "db2"
     all_links_verified(mariadb_servers, "db2")
     assert data["critical_section"]["outcome"] == "promoted"
@@ -185,6 +192,7 @@ def test_orchestration_switch_apps_follow(switch_ready, salt_run_cli, salt_cli, 
             ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.switch",
                                    f'pillar={{"mysqlrepl": {{"new_master": "{new}"}}}}')
             ended = time.time()
+            assert probe.double == [], f"two servers took the same probe round: {probe.double[:5]}"
             assert ret.returncode == 0 and orch_failures(ret) == {}, ret
             masters.append(new)
             assert hosts_entry(app_minion) == servers[new].address
@@ -225,6 +233,8 @@ def test_twenty_switchovers_under_writer(switch_ready, salt_run_cli, mariadb_ser
         for new in ["db2", "db3", "db1"] * 7:
             wait_for(lambda: len(writer.acked) > 10 + len(results) * 10, what="writer running")
             data = switch(salt_run_cli, new)
+            # checked first, whatever the switch says: never two writable masters
+            assert probe.double == [], f"two servers took the same probe round: {probe.double[:5]}"
             assert data["result"] is True, json.dumps(data, indent=1, default=str)
             masters.append(new)
             results.append(data)
@@ -531,3 +541,36 @@ def test_semi_sync_from_pillar_survives_a_switch(switch_ready, salt_run_cli, sal
         ret = apply(salt_cli)
         assert all_ok(ret) == {}, all_ok(ret)
     assert all(status(s, "Rpl_semi_sync_master_status") == "OFF" for s in mariadb_servers.values())
+
+
+def test_switch_secrets_stay_out_of_logs_and_caches(switch_ready, salt_master, salt_minions, app_minion,
+                                                    mariadb_servers):
+    """After every switch above: neither password in Salt's logs, job cache, minion caches or the servers' logs."""
+    import os  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+
+    from tests.support.topology import PASSWORD, SWITCH_PASSWORD  # pylint: disable=import-outside-toplevel
+
+    needles = (PASSWORD.encode(), SWITCH_PASSWORD.encode())
+    daemons = [salt_master, app_minion, *salt_minions.values()]
+    paths = []
+    for daemon in daemons:
+        for dirpath, _dirs, files in os.walk(daemon.config["root_dir"]):
+            if "extmods" in pathlib.Path(dirpath).parts:
+                continue
+            paths += [pathlib.Path(dirpath) / f for f in files]
+    for srv in mariadb_servers.values():
+        paths += [srv.general_log, srv.error_log]
+        paths += [p for p in srv.datadir.iterdir() if p.name.startswith(("mysql-bin.", "relay-bin."))]
+    # (the master record, <cachedir>/mysqlrepl/test.json, is among the files searched)
+    hits = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        hits += [str(path) for n in needles if n in data]
+    # Salt's own cache of compiled pillars (minion_data_cache) holds every pillar secret by
+    # design; it is root-only and outside what the formula writes
+    pillar_cache = pathlib.Path(salt_master.config["cachedir"]) / "pillar"
+    assert [h for h in hits if not h.startswith(str(pillar_cache) + "/")] == []
