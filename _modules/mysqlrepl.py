@@ -1042,7 +1042,7 @@ def replication_check(server=None):
 
 
 def replication_apply(server=None, test=False, seeded=False, master=None, demote=False,
-                      repoint_from=None, switch_jid=None):
+                      repoint_from=None, switch_jid=None, demote_at=None):
     """
     Make the server's replication role match pillar.
 
@@ -1120,6 +1120,16 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                                     "if a switch was interrupted, `salt-run mysqlrepl.record` says what to do")}
             changes["read_only"] = {"old": variables["read_only"], "new": "ON"}
         want = _desired_link(cfg, srv)
+        if demote and demote_at is not None and rs is None:
+            parse = _u("mysqlrepl_switch.parse_gtid_list")
+            if parse(variables.get("gtid_binlog_pos")) != parse(demote_at):
+                # an account that bypasses read_only wrote after the switch read the
+                # position: demoting would keep those rows here only
+                return {"result": False, "changes": {},
+                        "comment": (f"{srv['name']} wrote past the switch's position {demote_at} (now "
+                                    f"{variables.get('gtid_binlog_pos')}): not demoted; those transactions "
+                                    f"are not on {cfg['master']}. Reconcile them, then `salt-run "
+                                    f"mysqlrepl.rejoin server={srv['name']}` (or re-seed it)")}
         if rs is None:
             if not variables.get("gtid_slave_pos") and not seeded and not demote:
                 return {"result": False, "changes": {},
@@ -1664,7 +1674,7 @@ def switch_facts(server=None):
     }
 
 
-def _admin_connection(cfg, srv, peer, timeout=5):
+def _admin_connection(cfg, srv, peer, timeout=5, read_timeout=None):
     """TCP+TLS connection from ``srv``'s minion to server ``peer`` as the switch's admin account."""
     admin = cfg["admin"]
     if not admin.get("password"):
@@ -1672,7 +1682,7 @@ def _admin_connection(cfg, srv, peer, timeout=5):
     return _u("mysqlrepl_db.connect_tls")(
         peer["address"], peer["port"], admin["user"], admin["password"], srv["tls_files"]["ca"],
         srv["replication_cert"]["cert"], srv["replication_cert"]["key"], connect_timeout=timeout,
-        verify_identity=cfg["tls"]["verify_server_cert"],
+        verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=read_timeout,
     )
 
 
@@ -1701,25 +1711,41 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
         raise SaltInvocationError(f"old master must be another server of the topology, got {old!r}")
     peer = cfg["servers"][old]
     sw = cfg["switch"]
-    new_conn = _connect(srv)
+    hold_s = float((hold or {}).get("seconds", 0))
+    # every answer inside the window is bounded: a stalled peer cannot keep the
+    # section running after the runner stopped waiting (it waits budget +
+    # catch-up + hold + 60 s; the section gives up before new_writable past deadline_s)
+    io_timeout = int(sw["lock_budget"] + sw["catchup_timeout"] + hold_s + 10)
     try:
-        old_conn = _admin_connection(cfg, srv, peer)
+        new_conn = _u("mysqlrepl_db.connect_local")(srv, __opts__, connect_timeout=5, read_timeout=io_timeout)
+    except CommandExecutionError as exc:
+        return {"outcome": "aborted", "reason": f"cannot connect to {srv['name']}: {exc}; nothing changed",
+                "steps": [], "pos": None, "block_ms": None, "switch_jid": switch_jid}
+    try:
+        old_conn = _admin_connection(cfg, srv, peer, read_timeout=io_timeout)
     except CommandExecutionError as exc:
         new_conn.close()
-        raise CommandExecutionError(f"cannot reach the old master {old} as {cfg['admin']['user']} over TLS: {exc}")
+        return {"outcome": "aborted", "steps": [], "pos": None, "block_ms": None, "switch_jid": switch_jid,
+                "reason": f"cannot reach the old master {old} as {cfg['admin']['user']} over TLS: {exc}; "
+                          "nothing changed"}
     closing = _u("mysqlrepl_db.closing")
     with closing(new_conn), closing(old_conn):
         version = _version(new_conn)
         old_version = _version(old_conn)
         # warm both connections and make sure of the starting point
+        problem = None
         if int(_one(old_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 0:
-            raise CommandExecutionError(f"{old} is already read-only: nothing to switch from; nothing changed")
-        if int(_one(new_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 1:
-            raise CommandExecutionError(f"{srv['name']} is writable before the switch; nothing changed")
+            problem = f"{old} is already read-only: nothing to switch from; nothing changed"
+        elif int(_one(new_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 1:
+            problem = f"{srv['name']} is writable before the switch; nothing changed"
+        if problem:
+            return {"outcome": "aborted", "reason": problem, "steps": [], "pos": None, "block_ms": None,
+                    "switch_jid": switch_jid}
         wait_timeout = float(sw["catchup_timeout"])
         # built here, not inside the window: a plain tuple with the position swapped in
         wait_sql, wait_args = _sql("master_gtid_wait")(version, "", wait_timeout)
         st = {
+            "deadline_s": sw["lock_budget"] + wait_timeout + hold_s + 30,
             "budget_s": sw["lock_budget"],
             "catchup_s": wait_timeout,
             "old_read_only": _sql("set_read_only")(True, sw["lock_budget"]),
@@ -1736,13 +1762,18 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
         ro_sql = _sql("SELECT_READ_ONLY")[0]
 
         def probe_new():
-            """The new master's read_only over a fresh socket connection; None when it is down."""
+            """
+            The new master's read_only over a fresh socket connection; None only when
+            the server is down (socket refused or gone), "unknown" for anything else.
+            """
             try:
                 conn = pymysql.connect(unix_socket=params["unix_socket"], user=params["user"],
                                        password=params.get("password", ""), ssl_disabled=True,
-                                       connect_timeout=2)
-            except pymysql.err.MySQLError:
-                return None
+                                       connect_timeout=2, read_timeout=2)
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else None
+                # down = the socket refuses AND the pid file names no live process
+                return None if code in (2002, 2003) and _server_process_alive(srv) is False else "unknown"
             try:
                 with conn.cursor() as cur:
                     cur.execute(ro_sql)
@@ -1777,6 +1808,26 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
     return out
 
 
+def _server_process_alive(srv):
+    """
+    Does the server's pid file (beside its socket: mysqld.pid or mariadb.pid) name a
+    live process? ``None`` when there is no pid file to tell.
+    """
+    for name in ("mysqld.pid", "mariadb.pid"):
+        path = os.path.join(os.path.dirname(srv["socket"]), name)
+        text = _read(path)
+        if text is None:
+            continue
+        try:
+            os.kill(int(text.strip()), 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def switch_finish_new(server=None):
     """
     After the write block: the new master forgets its old replication link
@@ -1800,24 +1851,3 @@ def switch_finish_new(server=None):
             _run(conn, _sql("reset_replica_all")(version))
         return {"server": srv["name"], "reset": rs is not None,
                 "pos": _one(conn, _sql("gtid_position")(version))["pos"]}
-
-
-def set_read_only(on=True, server=None):
-    """
-    ``SET GLOBAL read_only`` on a server of this minion (the switch uses it to
-    put an old master back after a failed switch, and to keep every server
-    read-only when it stops).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt db1 mysqlrepl.set_read_only true
-    """
-    if isinstance(on, str):
-        on = on.strip().lower() in ("1", "true", "yes", "on")
-    srv = _server(server)
-    conn = _connect(srv)
-    with _u("mysqlrepl_db.closing")(conn):
-        _run(conn, _sql("set_read_only")(bool(on)))
-        return {"server": srv["name"], "read_only": int(_one(conn, _sql("SELECT_READ_ONLY"))["ro"])}

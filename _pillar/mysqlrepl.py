@@ -85,6 +85,8 @@ def ext_pillar(minion_id, pillar, hosts_key="infra:hosts_entries:masterdb", **kw
     except (OSError, ValueError) as exc:
         # a broken record must not silently fall back to the pillar files' master
         log.error("mysqlrepl ext_pillar: cannot read %s: %s", path, exc)
+        if "mysqlrepl" not in pillar:
+            return {}
         return {"mysqlrepl": {"switching": {"from": None, "to": None, "jid": None,
                                             "since": None, "phase": f"record unreadable: {exc}"}}}
     out = {}

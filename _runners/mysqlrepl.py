@@ -341,7 +341,7 @@ def record(topology=None):  # pylint: disable=redefined-outer-name
         sw = rec["switching"]
         comment += (f"; a switch from {sw.get('from')} to {sw.get('to')} is marked {sw.get('phase')} "
                     f"(jid {sw.get('jid')}): states leave replication alone. If no switch runs, find which "
-                    "server is writable (salt-run mysqlrepl.topology_status) and set the record with "
+                    "server is writable (salt 'db*' mysqlrepl.status) and set the record with "
                     "salt-run mysqlrepl.record_set master=<that server>")
     return {"result": True, "topology": name, "record": rec, "comment": comment}
 
@@ -365,6 +365,17 @@ def record_set(master, topology=None, clear=False):  # pylint: disable=redefined
         if master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {master!r}")
         with _topology_lock(cfg["topology"], "record_set"):
+            # never name a master while another server takes writes, or while one is unknown
+            states = _server_states(cfg)
+            others = {n: st for n, st in states.items() if n != master}
+            unknown = sorted(n for n, st in others.items() if st.get("reachable") is False)
+            writable = sorted(n for n, st in others.items() if st.get("read_only") == "OFF")
+            if unknown or writable:
+                raise CommandExecutionError(
+                    f"refusing to name {master} the master: "
+                    + (f"{', '.join(writable)} is writable; " if writable else "")
+                    + (f"{', '.join(unknown)} cannot be reached (its state is unknown); " if unknown else "")
+                    + "nothing changed")
             if clear:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(_record_path(cfg["topology"]))
@@ -432,7 +443,10 @@ def _prechecks(cfg, facts, old, new):
                                   f"marked {rec.get('phase')}: see salt-run mysqlrepl.record")
     # versions
     flavors = {n: f["version"][0] for n, f in facts.items() if isinstance(f, dict)}
-    not_maria = sorted(n for n, fl in flavors.items() if fl != "mariadb")
+    # 10.11: READ_ONLY ADMIN is the only bypass of read_only (SUPER still was before),
+    # MASTER_DEMOTE_TO_SLAVE exists (10.10+)
+    not_maria = sorted(n for n, f in facts.items() if isinstance(f, dict)
+                       and (flavors[n] != "mariadb" or tuple(f["version"][1][:2]) < (10, 11)))
     newer = sorted(n for n, f in facts.items() if isinstance(f, dict) and n != new
                    and tuple(f["version"][1][:2]) < tuple(fn["version"][1][:2]))
     _check(checks, "versions compatible", not not_maria and not newer,
@@ -466,6 +480,16 @@ def _prechecks(cfg, facts, old, new):
         _check(checks, "lag", lag_ok, (f"{new} is {lag}s behind {old}" if lag is not None else
                                        f"{new}'s lag is unknown (a replication thread is stopped)")
                + f" (limit {sw['max_lag']}s, mysqlrepl:switch:max_lag)")
+    others = sorted(n for n in facts if n not in (old, new) and isinstance(facts[n], dict))
+    stuck = []
+    for name in others:
+        ors = facts[name]["replica"]
+        if ors is None or (ors["host"], ors["port"]) != (srv_old["address"], srv_old["port"]):
+            stuck.append(f"{name} does not replicate from {old}")
+        elif ors["io_running"] != "Yes" or ors["sql_running"] != "Yes":
+            stuck.append(f"{name}: IO thread {ors['io_running']}, SQL thread {ors['sql_running']}")
+    _check(checks, "other replicas replicate from the current master", not stuck,
+           "; ".join(stuck) if stuck else (f"{', '.join(others)} run from {old}" if others else "none"))
     v = fn["variables"]
     _check(checks, "binary log", v.get("log_bin") == "ON" and v.get("log_slave_updates") == "ON",
            f"{new}: log_bin {v.get('log_bin')}, log_slave_updates {v.get('log_slave_updates')} "
@@ -677,6 +701,16 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
         {old: (cfg["servers"][old]["minion"], "mysqlrepl.switch_facts", [old], {})},
         timeout=FACTS_TIMEOUT).items()})
     checks = _prechecks(cfg, facts, old, new)
+    on_disk = _read_record(topo) or {}
+    if on_disk.get("switching"):
+        sw_rec = on_disk["switching"]
+        checks.append({"check": "no switch in progress", "ok": False,
+                       "detail": f"the master record marks a switch from {sw_rec.get('from')} to "
+                                 f"{sw_rec.get('to')} as {sw_rec.get('phase')}: see salt-run mysqlrepl.record"})
+    elif on_disk.get("master") and on_disk["master"] != old:
+        checks.append({"check": "no switch in progress", "ok": False,
+                       "detail": f"the master record names {on_disk['master']} but the minions' pillar "
+                                 f"names {old}: refresh the db minions' pillar (saltutil.refresh_pillar)"})
     ret["prechecks"] = checks
     failed = [c for c in checks if not c["ok"]]
     ret["timings"]["prechecks_s"] = round(time.monotonic() - started, 3)
@@ -719,18 +753,21 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
         states = _server_states(cfg)
         ret["servers"] = states
         writable = sorted(n for n, st in states.items() if st.get("read_only") == "OFF")
-        if writable == [new]:
+        unknown = sorted(n for n, st in states.items() if st.get("reachable") is False)
+        if writable == [new] and not unknown:
             crit = {"outcome": "promoted", "reason": f"{new} is writable (the minion's answer was lost: {crit_error})",
                     "steps": [], "block_ms": None, "pos": None}
             ret["critical_section"] = crit
         else:
-            switching["phase"] = f"stopped: {crit_error}; writable now: {', '.join(writable) or 'none'}"
+            seen = (f"writable now: {', '.join(writable) or 'none'}"
+                    + (f"; unknown (unreachable): {', '.join(unknown)}" if unknown else ""))
+            switching["phase"] = f"stopped: {crit_error}; {seen}"
             _write_record(topo, _new_record(cfg, old, switching=switching))
             _progress("switch stopped", tag=_tag("stopped"), jid=jid, reason=switching["phase"])
-            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); writable now: "
-                              f"{', '.join(writable) or 'none'}; the record marks the switch as stopped so "
-                              "states change nothing; decide the master, then salt-run mysqlrepl.record_set "
-                              "master=<it>")
+            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); {seen}; the "
+                              "record marks the switch as stopped so states change nothing; make sure the "
+                              f"job is gone (salt-run jobs.active), decide the master, then salt-run "
+                              "mysqlrepl.record_set master=<it>")
     ret["timings"]["block_ms"] = crit.get("block_ms")
     if crit["outcome"] != "promoted":
         if crit["outcome"] == "aborted":
@@ -742,7 +779,10 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
         else:
             switching["phase"] = f"stopped: {crit['reason']}"
             _write_record(topo, _new_record(cfg, old, switching=switching))
-        _refresh_pillar(cfg)
+        try:
+            _refresh_pillar(cfg)
+        except CommandExecutionError as exc:
+            crit["reason"] += f" (and: {exc})"
         ret["servers"] = _server_states(cfg)
         _progress(f"switch {crit['outcome']}: {crit['reason']}", tag=_tag(crit["outcome"]), jid=jid,
                   reason=crit["reason"])
@@ -770,6 +810,8 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
         kw = {"master": new, "switch_jid": jid}
         if name == old:
             kw["demote"] = True
+            if crit.get("pos"):
+                kw["demote_at"] = crit["pos"]
         else:
             kw["repoint_from"] = old
         calls[name] = (srv["minion"], "mysqlrepl.replication_apply", [name], kw)

@@ -83,8 +83,8 @@ def local_params(server, minion_opts=None):
     return params
 
 
-def connect_local(server, minion_opts=None, connect_timeout=10, autocommit=True):
-    """Admin connection over the unix socket, TLS off."""
+def connect_local(server, minion_opts=None, connect_timeout=10, autocommit=True, read_timeout=None):
+    """Admin connection over the unix socket, TLS off; ``read_timeout`` bounds each answer."""
     if not HAS_PYMYSQL:
         raise CommandExecutionError("PyMySQL is not installed on this minion")
     params = local_params(server, minion_opts)
@@ -93,12 +93,13 @@ def connect_local(server, minion_opts=None, connect_timeout=10, autocommit=True)
         unix_socket=params["unix_socket"], user=params["user"],
         password=params.get("password", ""), ssl_disabled=True,
         connect_timeout=connect_timeout, autocommit=autocommit,
+        read_timeout=read_timeout, write_timeout=read_timeout,
     )
 
 
 def connect_tls(host, port, user, password, ca_file, cert_file=None, key_file=None,
-                connect_timeout=10, verify_identity=True):
-    """TCP connection with TLS verified against ``ca_file``."""
+                connect_timeout=10, verify_identity=True, read_timeout=None):
+    """TCP connection with TLS verified against ``ca_file``; ``read_timeout`` bounds each answer."""
     if not HAS_PYMYSQL:
         raise CommandExecutionError("PyMySQL is not installed on this minion")
     # PyMySQL: any ssl_* keyword replaces a whole ``ssl`` dict, so use only keywords
@@ -106,6 +107,7 @@ def connect_tls(host, port, user, password, ca_file, cert_file=None, key_file=No
         f"{host}:{port}", host=host, port=int(port), user=user, password=password,
         ssl_ca=ca_file, ssl_cert=cert_file, ssl_key=key_file, ssl_verify_cert=True,
         ssl_verify_identity=verify_identity, connect_timeout=connect_timeout, autocommit=True,
+        read_timeout=read_timeout, write_timeout=read_timeout,
     )
 
 

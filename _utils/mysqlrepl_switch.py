@@ -68,7 +68,11 @@ def errant_gtids(new_state, old_state):
 
 
 def position_reached(have_pos, want_pos):
-    """Is every domain of ``want_pos`` at or beyond its sequence in ``have_pos`` (same server_id)?"""
+    """
+    Is every domain of ``want_pos`` at or beyond its sequence in ``have_pos``? MariaDB
+    sequence numbers grow per domain whatever the server_id, so the server_id is
+    not compared (as MASTER_GTID_WAIT does not).
+    """
     have = {d: (s, n) for (d, s), n in parse_gtid_list(have_pos).items()}
     for (domain, server_id), seq in parse_gtid_list(want_pos).items():
         got = have.get(domain)
@@ -178,7 +182,8 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         stop_replica / start_replica / new_writable / replica_status
         enable_events        ALTER EVENT ... ENABLE for events the new master must run
         probe_new()          optional: the new master's read_only through a fresh
-                             connection, None when it is down
+                             connection, None when it is down, "unknown" otherwise
+        deadline_s           optional: past it, roll back instead of promoting
 
     ``hold``: ``{"after": step, "seconds": s}`` pauses after a step (fault
     drills). Returns what happened, step by step::
@@ -234,8 +239,9 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
             done("rollback_old_writable", t0, ok=False, error=str(exc))
             return finish("stopped", f"{reason}; putting {old.name} back failed ({exc}): every server is "
                                      "read-only, no master takes writes")
-        return finish("aborted", f"{reason}; {old.name} is writable again, {new.name} replicates as before"
-                      + ("; " + "; ".join(notes) if notes else ""))
+        if notes:
+            return finish("aborted", f"{reason}; {old.name} is writable again; " + "; ".join(notes))
+        return finish("aborted", f"{reason}; {old.name} is writable again, {new.name} replicates as before")
 
     # 1. The old master stops taking writes. read_only takes the global read
     #    lock: running writes finish first, new ones queue; the budget bounds
@@ -306,7 +312,11 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         return rollback(f"STOP SLAVE on {new.name} failed ({exc})")
     done("new_stop_replica", t0)
 
-    # 5. The new master takes writes.
+    # 5. The new master takes writes -- unless the caller has stopped waiting
+    #    (a stalled peer): then put everything back instead.
+    if st.get("deadline_s") and clock() - started > st["deadline_s"]:
+        return rollback(f"the write block took longer than {st['deadline_s']}s before {new.name} "
+                        "could be made writable")
     t0 = clock()
     try:
         new.run(st["new_writable"])

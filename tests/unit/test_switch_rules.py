@@ -165,6 +165,26 @@ def test_new_master_unknown_state_keeps_old_read_only():
     assert "old_rw" not in old.sent
 
 
+def test_new_master_probe_error_is_unknown_and_keeps_old_read_only():
+    # e.g. 1040 Too many connections on the probe: not proof that it is down
+    old = Script({"pos": [{"pos": "0-11-7"}]})
+    new = Script({"wait": [{"result": 0}]}, fail={"new_rw": _err(2013, "Lost connection")})
+    out = run(old, new, statements(probe=lambda: "unknown"))
+    assert out["outcome"] == "stopped" and "old_rw" not in old.sent
+
+
+def test_deadline_passed_rolls_back_before_promotion():
+    ticks = iter([0.0] + [100.0] * 50)
+    old = Script({"pos": [{"pos": "0-11-7"}]})
+    new = Script({"wait": [{"result": 0}]})
+    st = statements()
+    st["deadline_s"] = 30
+    out = sw.critical_section(sw.endpoint("db1", None, old.run), sw.endpoint("db2", None, new.run), st,
+                              clock=lambda: next(ticks))
+    assert out["outcome"] == "aborted" and "longer than 30" in out["reason"]
+    assert "new_rw" not in new.sent and new.sent[-1] == "start" and old.sent[-1] == "old_rw"
+
+
 def test_refused_promotion_restarts_replication_then_old_master():
     old = Script({"pos": [{"pos": "0-11-7"}]})
     new = Script({"wait": [{"result": 0}]}, fail={"new_rw": _err(1227, "Access denied")})
