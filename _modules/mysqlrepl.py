@@ -1089,7 +1089,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
         version = _version(conn)
-        variables = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "have_ssl"])
+        variables = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state",
+                                      "have_ssl"])
         rs = _replica_status(conn, version)
         conflict = _topology_conflict(cfg, srv, rs, repoint_from=repoint_from)
         if conflict:
@@ -1131,12 +1132,9 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                                     f"are not on {cfg['master']}. Reconcile them, then `salt-run "
                                     f"mysqlrepl.rejoin server={srv['name']}` (or re-seed it)")}
         if rs is None:
-            if not variables.get("gtid_slave_pos") and not seeded and not demote:
-                return {"result": False, "changes": {},
-                        "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
-                                    f"run salt-run state.orchestrate mysqlrepl.orch.setup "
-                                    f"(or salt-run mysqlrepl.seed replica={srv['name']}); nothing changed")}
-            if (not demote and not seeded and version.is_mariadb
+            own = [k for k in _u("mysqlrepl_switch.parse_gtid_list")(variables.get("gtid_binlog_state"))
+                   if k[1] == srv["server_id"]]
+            if (not demote and not seeded and version.is_mariadb and own
                     and not _u("mysqlrepl_switch.position_reached")(variables.get("gtid_slave_pos"),
                                                                      variables.get("gtid_binlog_pos"))):
                 return {"result": False, "changes": {},
@@ -1144,6 +1142,11 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                                     f"({variables.get('gtid_binlog_pos')}): it was a master. Check it has "
                                     f"nothing {cfg['master']} lacks, then `salt-run mysqlrepl.rejoin "
                                     f"server={srv['name']}`; nothing changed")}
+            if not variables.get("gtid_slave_pos") and not seeded and not demote:
+                return {"result": False, "changes": {},
+                        "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
+                                    f"run salt-run state.orchestrate mysqlrepl.orch.setup "
+                                    f"(or salt-run mysqlrepl.seed replica={srv['name']}); nothing changed")}
             diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} TLS verified, GTID"
                                                  + (" (demoted, keeps its GTIDs)" if demote else "")}}
         else:
@@ -1819,11 +1822,17 @@ def _server_process_alive(srv):
         if text is None:
             continue
         try:
-            os.kill(int(text.strip()), 0)
-            return True
+            pid = int(text.strip())
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except (OSError, ValueError):
+            return None
+        try:
+            # a killed server not yet reaped by its parent is a zombie: dead
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
             return None
     return None
 
