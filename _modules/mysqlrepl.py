@@ -1509,17 +1509,20 @@ def lock(server=None, lease=300):
     return info
 
 
-def _lease_info(srv):
-    """The current lock lease, or None when expired / released."""
+def _lease_info(srv, conn=None):
+    """The current lock lease, or None when expired / released (``conn``: an open admin connection)."""
     data = _read(_lease_path(srv))
     if not data:
         return None
     info = json.loads(data)
-    try:
-        conn = _connect(srv)
-    except CommandExecutionError:
-        return info
-    with _u("mysqlrepl_db.closing")(conn):
+    if conn is None:
+        try:
+            conn = _connect(srv)
+        except CommandExecutionError:
+            return info
+        with _u("mysqlrepl_db.closing")(conn):
+            row = _one(conn, _sql("processlist_by_id")(info["conn_id"]))
+    else:
         row = _one(conn, _sql("processlist_by_id")(info["conn_id"]))
     if row is None:
         os.unlink(_lease_path(srv))
@@ -1649,13 +1652,13 @@ def switch_facts(server=None):
                           "BACKUP STAGE holders cannot be seen; the read_only budget still bounds them")
         repl_account = _one(conn, _sql("select_account")(cfg["replication"]["user"], cfg["replication"]["host"]))
         admin_account = _one(conn, _sql("select_account")(cfg["admin"]["user"], cfg["admin"]["host"]))
+        lease = _lease_info(srv, conn)
     bypass = switch(accounts, roles, _exempt_accounts(cfg, srv))
     for event in events:
         event["bypass"] = definer(event["definer"], accounts, roles)
     for row in transactions:
         row["age_s"] = int(row["age_s"] or 0)
         row["rows_modified"] = int(row["rows_modified"] or 0)
-    lease = _lease_info(srv)
     tls_missing = [p for p in (srv["tls_files"]["ca"], srv["replication_cert"]["cert"],
                                srv["replication_cert"]["key"]) if not os.path.exists(p)]
     return {

@@ -424,23 +424,34 @@ def _check(checks, name, ok, detail):
     checks.append({"check": name, "ok": bool(ok), "detail": detail})
 
 
-def _prechecks(cfg, facts, old, new):
-    """Every precheck, each with its name and reason; nothing is changed by any of them."""
+def _prechecks(cfg, facts, old, new, record):
+    """
+    Every precheck, each with its name and reason; nothing is changed by any of
+    them. ``record``: the master record file's content (``{}`` when none).
+    """
     checks = []
     unreachable = {n: f for n, f in facts.items() if not isinstance(f, dict)}
     _check(checks, "reachable", not unreachable,
            "every server answered" if not unreachable else
            "; ".join(f"{n}: {err}" for n, err in sorted(unreachable.items())))
+    # the record file itself, not the minions' copy of it
+    sw_rec = record.get("switching")
+    if sw_rec:
+        _check(checks, "no switch in progress", False,
+               f"the master record marks a switch from {sw_rec.get('from')} to {sw_rec.get('to')} as "
+               f"{sw_rec.get('phase')}: see salt-run mysqlrepl.record")
+    elif record.get("master") and record["master"] != old:
+        _check(checks, "no switch in progress", False,
+               f"the master record names {record['master']} but the minions' pillar names {old}: "
+               "refresh the db minions' pillar (saltutil.refresh_pillar)")
+    else:
+        _check(checks, "no switch in progress", True, "none")
     if new not in facts or old not in facts or not isinstance(facts[new], dict) \
             or not isinstance(facts[old], dict):
         return checks
     fn, fo = facts[new], facts[old]
     srv_old = cfg["servers"][old]
     sw = cfg["switch"]
-    rec = cfg.get("switching")
-    _check(checks, "no switch in progress", not rec,
-           "none" if not rec else f"the record shows a switch from {rec.get('from')} to {rec.get('to')} "
-                                  f"marked {rec.get('phase')}: see salt-run mysqlrepl.record")
     # versions
     flavors = {n: f["version"][0] for n, f in facts.items() if isinstance(f, dict)}
     # 10.11: READ_ONLY ADMIN is the only bypass of read_only (SUPER still was before),
@@ -700,17 +711,7 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
     facts.update({n: f for n, (_ok, f) in _parallel(
         {old: (cfg["servers"][old]["minion"], "mysqlrepl.switch_facts", [old], {})},
         timeout=FACTS_TIMEOUT).items()})
-    checks = _prechecks(cfg, facts, old, new)
-    on_disk = _read_record(topo) or {}
-    if on_disk.get("switching"):
-        sw_rec = on_disk["switching"]
-        checks.append({"check": "no switch in progress", "ok": False,
-                       "detail": f"the master record marks a switch from {sw_rec.get('from')} to "
-                                 f"{sw_rec.get('to')} as {sw_rec.get('phase')}: see salt-run mysqlrepl.record"})
-    elif on_disk.get("master") and on_disk["master"] != old:
-        checks.append({"check": "no switch in progress", "ok": False,
-                       "detail": f"the master record names {on_disk['master']} but the minions' pillar "
-                                 f"names {old}: refresh the db minions' pillar (saltutil.refresh_pillar)"})
+    checks = _prechecks(cfg, facts, old, new, _read_record(topo) or {})
     ret["prechecks"] = checks
     failed = [c for c in checks if not c["ok"]]
     ret["timings"]["prechecks_s"] = round(time.monotonic() - started, 3)

@@ -440,7 +440,6 @@ APP_SESSIONS = (
     None,
 )
 
-SELECT_ONE = ("SELECT 1 AS one", None)
 SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
 
 

@@ -26,9 +26,17 @@ def switch(salt_run_cli, new_master, *extra):
     return data
 
 
+def read_only(srv):
+    """@@read_only of a server, None when it does not answer."""
+    try:
+        return srv.query("SELECT @@read_only AS v")[0]["v"]
+    except pymysql.err.MySQLError:
+        return None
+
+
 def master_of(servers):
     """The one writable server (asserts there is exactly one)."""
-    writable = [n for n, s in servers.items() if s.query("SELECT @@read_only AS v")[0]["v"] == 0]
+    writable = [n for n, s in servers.items() if read_only(s) == 0]
     assert len(writable) == 1, f"writable: {writable}"
     return writable[0]
 
@@ -61,10 +69,7 @@ def back_to_db1(request, mariadb_servers):
     yield
     if "switch_ready" not in request.fixturenames:
         return
-    try:
-        writable = [n for n, s in mariadb_servers.items() if s.query("SELECT @@read_only AS v")[0]["v"] == 0]
-    except pymysql.err.MySQLError:
-        return
+    writable = [n for n, s in mariadb_servers.items() if read_only(s) == 0]
     salt_run_cli = request.getfixturevalue("salt_run_cli")
     record = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test")).get("record") or {}
     if record.get("switching") and writable == [record.get("master")]:
@@ -397,13 +402,6 @@ class Background:
         self.thread.join(180)
         assert self.data is not None
         return self.data
-
-
-def read_only(srv):
-    try:
-        return srv.query("SELECT @@read_only AS v")[0]["v"]
-    except pymysql.err.MySQLError:
-        return None
 
 
 def test_long_write_on_old_master_aborts_within_budget(switch_ready, salt_run_cli, mariadb_servers):
