@@ -1048,7 +1048,9 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
 
     * The master of record: not replicating from anyone, writable at runtime
       (``read_only`` stays ON in its config file so a restart comes back
-      read-only).
+      read-only). A highstate makes it writable only if a fresh pillar's
+      record still names it and no other server answers that it is writable
+      (servers that cannot be asked are named in the comment).
     * A replica: read-only, replicating from the master with MASTER_SSL=1, the
       topology CA, its own certificate, MASTER_SSL_VERIFY_SERVER_CERT and GTID;
       only what differs is changed; waits until both threads run. A replica with
@@ -1099,15 +1101,24 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
             if variables["read_only"] == "OFF":
                 return {"result": True, "changes": {}, "comment": f"{srv['name']} is the writable master"}
             changes = {"read_only": {"old": "ON", "new": "OFF"}}
+            note = ""
+            if switch_jid is None:
+                # a highstate about to make a master writable: the record must
+                # still name it, and no other server may be writable
+                stale = _record_moved(srv["name"])
+                writable, unknown = ([], []) if stale else _peers_read_only(cfg, srv)
+                if stale or writable:
+                    return {"result": False, "changes": {}, "comment": stale or (
+                        f"{', '.join(writable)} writable: {srv['name']} (master of record) stays read-only, "
+                        "never two writable masters; make it read-only, or if it took writes as master "
+                        "see `salt-run mysqlrepl.record`")}
+                if unknown:
+                    note = f" ({'; '.join(unknown)} could not be asked whether it is read-only)"
             if test:
                 return {"result": None, "changes": changes,
-                        "comment": f"{srv['name']} (master of record) would be made writable"}
-            if switch_jid is None:
-                stale = _record_moved(srv["name"])
-                if stale:
-                    return {"result": False, "changes": {}, "comment": stale}
+                        "comment": f"{srv['name']} (master of record) would be made writable{note}"}
             _run(conn, _sql("set_read_only")(False))
-            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable"}
+            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable{note}"}
         # replica
         changes = {}
         threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
@@ -1197,6 +1208,31 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
         return {"result": True, "changes": changes,
                 "comment": (f"replicates from {cfg['master']}: " + ", ".join(sorted(changes)) + " fixed"
                             if changes else f"replicates from {cfg['master']} as pillar says")}
+
+
+def _peers_read_only(cfg, srv):
+    """
+    Ask every other server of the topology ``@@read_only`` (over verified TLS as
+    the replication account, with this server's certificate, as its links do;
+    reading a variable needs no privilege). Returns ``(writable, unknown)``:
+    names of servers that are writable, and ``"name: error"`` for those that
+    could not be asked.
+    """
+    writable, unknown = [], []
+    for name, peer in sorted(cfg["servers"].items()):
+        if name == srv["name"]:
+            continue
+        try:
+            conn = _u("mysqlrepl_db.connect_tls")(
+                peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+                srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+                connect_timeout=3, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
+            with _u("mysqlrepl_db.closing")(conn):
+                if int(_one(conn, _sql("SELECT_READ_ONLY"))["ro"]) == 0:
+                    writable.append(name)
+        except CommandExecutionError as exc:
+            unknown.append(f"{name}: {exc}")
+    return writable, unknown
 
 
 def _record_moved(name):
@@ -1613,7 +1649,8 @@ def switch_facts(server=None):
     changes nothing: version, variables, GTID state, replica status, Binlog
     Dump threads and their ciphers, accounts and events that can write
     through ``read_only``, open transactions, blocking locks (LOCK TABLES,
-    FTWRL, BACKUP STAGE), a ``mysqlrepl.lock`` lease, TLS files.
+    FTWRL, BACKUP STAGE), a ``mysqlrepl.lock`` lease, TLS files, and the
+    oldest binary log with the GTID state it starts after.
 
     CLI Example:
 
@@ -1653,6 +1690,13 @@ def switch_facts(server=None):
         repl_account = _one(conn, _sql("select_account")(cfg["replication"]["user"], cfg["replication"]["host"]))
         admin_account = _one(conn, _sql("select_account")(cfg["admin"]["user"], cfg["admin"]["host"]))
         lease = _lease_info(srv, conn)
+        binlogs = None
+        if variables.get("log_bin") == "ON" and version.is_mariadb:
+            logs = _run(conn, _sql("SHOW_BINARY_LOGS"))
+            if logs:
+                oldest = logs[0]["Log_name"]
+                start = _one(conn, _sql("binlog_start_state")(oldest))
+                binlogs = {"oldest": oldest, "count": len(logs), "start_state": (start or {}).get("pos")}
     bypass = switch(accounts, roles, _exempt_accounts(cfg, srv))
     for event in events:
         event["bypass"] = definer(event["definer"], accounts, roles)
@@ -1674,6 +1718,7 @@ def switch_facts(server=None):
         "locks": locks,
         "locks_note": locks_note,
         "lease": lease,
+        "binlogs": binlogs,
         "repl_account": bool(repl_account),
         "admin_account": bool(admin_account and admin_account["ssl_type"] == "X509"),
         "tls_missing": tls_missing,

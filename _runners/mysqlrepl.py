@@ -29,6 +29,7 @@ import time
 
 import salt.client
 import salt.utils.event
+import salt.utils.jid
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,79 @@ def _progress(message, tag=None, **data):
             event.fire_event(dict(data, message=message), f"salt/mysqlrepl/{tag}")
 
 
-def _call(minion, fun, arg=(), kwarg=None, timeout=60):
-    """Run ``fun`` on one minion; raise with the minion's own error text."""
-    res = _client().cmd(minion, fun, arg=list(arg), kwarg=kwarg or {}, timeout=timeout,
-                        full_return=True)
-    if minion not in res:
-        raise CommandExecutionError(f"minion {minion} did not answer {fun} within {timeout}s")
-    out = res[minion]
+def _call(minion, fun, arg=(), kwarg=None, timeout=60, jid=""):
+    """
+    Run ``fun`` on one minion and wait at most ``timeout`` seconds (a hard
+    limit: ``LocalClient.cmd`` keeps waiting while the minion says the job
+    runs); raise with the minion's own error text.
+    """
+    deadline = time.monotonic() + timeout
+    with _client() as client:
+        # listen=True: subscribed to the event bus before the job is published
+        pub = client.run_job(minion, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="glob", timeout=timeout,
+                             jid=jid, listen=True)
+        if not pub or not pub.get("jid"):
+            raise CommandExecutionError(f"cannot publish {fun} to {minion} (is the salt-master running?)")
+        tag = f"salt/job/{pub['jid']}/ret/{minion}"
+        while time.monotonic() < deadline:
+            data = client.event.get_event(wait=max(0.05, min(deadline - time.monotonic(), 1.0)), tag=tag,
+                                          match_type="startswith", auto_reconnect=True)
+            if data and data.get("id") == minion:
+                return _answer(minion, fun, {"ret": data.get("return"), "retcode": data.get("retcode", 0)})
+        cached = client.get_cache_returns(pub["jid"]).get(minion)
+    if isinstance(cached, dict) and "ret" in cached:
+        return _answer(minion, fun, cached)
+    raise CommandExecutionError(f"minion {minion} did not answer {fun} within {timeout}s")
+
+
+def _answer(minion, fun, out):
     if out.get("retcode", 0) != 0 or (isinstance(out.get("ret"), str) and out["ret"].startswith("ERROR")):
         raise CommandExecutionError(f"{minion}: {fun}: {out.get('ret')}")
     return out["ret"]
+
+
+def _settle_job(minion, jid, fun, wait=15):
+    """
+    A call whose answer did not come: make sure its job is over before
+    anyone reads the servers' states (a job still running could change them
+    afterwards). Asks the minion (``saltutil.find_job``), kills a job still
+    running (``saltutil.kill_job``) and waits until it is gone, then looks for
+    an answer that reached the job cache late. Returns ``{"jid", "ended",
+    "killed", "answer", "note"}``: ``ended`` is ``None`` when the minion could
+    not say.
+    """
+    client = _client()
+    out = {"jid": jid, "ended": None, "killed": False, "answer": None, "note": ""}
+
+    def running():
+        res = client.cmd(minion, "saltutil.find_job", [jid], timeout=5)
+        if minion not in res:
+            return None
+        return bool(res[minion])
+
+    try:
+        state = running()
+        if state:
+            client.cmd(minion, "saltutil.kill_job", [jid], timeout=5)
+            out["killed"] = True
+            deadline = time.monotonic() + wait
+            while state and time.monotonic() < deadline:
+                time.sleep(0.5)
+                state = running()
+        out["ended"] = None if state is None else not state
+        if state is None:
+            out["note"] = f"{minion} did not answer saltutil.find_job: its job {jid} may still run"
+        elif state:
+            out["note"] = f"job {jid} still runs on {minion} after saltutil.kill_job"
+        cached = client.get_cache_returns(jid).get(minion)
+        if out["ended"] and isinstance(cached, dict) and "ret" in cached:
+            try:
+                out["answer"] = _answer(minion, fun, cached)
+            except CommandExecutionError as exc:
+                out["note"] = f"the job ended with: {exc}"
+    except Exception as exc:  # pylint: disable=broad-except
+        out["note"] = f"cannot settle job {jid} on {minion}: {exc}"
+    return out
 
 
 def topology(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  # pylint: disable=redefined-outer-name
@@ -501,6 +565,19 @@ def _prechecks(cfg, facts, old, new, record):
             stuck.append(f"{name}: IO thread {ors['io_running']}, SQL thread {ors['sql_running']}")
     _check(checks, "other replicas replicate from the current master", not stuck,
            "; ".join(stuck) if stuck else (f"{', '.join(others)} run from {old}" if others else "none"))
+    # the other replicas will ask the new master for what follows their position
+    kept = fn.get("binlogs") or {}
+    purged = []
+    for name in others:
+        pos = facts[name]["gtid"]["slave_pos"]
+        for domain, have, first in __utils__["mysqlrepl_switch.purged_domains"](pos, kept.get("start_state")):
+            at = f"seq {have}" if have is not None else "no position"
+            purged.append(f"{name} is at {at} in domain {domain}, but {new}'s oldest binary log "
+                          f"{kept.get('oldest')} starts after seq {first}")
+    _check(checks, "replicas' positions still in the new master's binary logs", not purged,
+           (f"{new} keeps what {', '.join(others)} need" if others else "none") if not purged else
+           "; ".join(purged) + f" ({new} purged them; they would stop with error 1236: re-seed them after the "
+           "switch, or keep binary logs longer: expire_logs_days / binlog_expire_logs_seconds)")
     v = fn["variables"]
     _check(checks, "binary log", v.get("log_bin") == "ON" and v.get("log_slave_updates") == "ON",
            f"{new}: log_bin {v.get('log_bin')}, log_slave_updates {v.get('log_slave_updates')} "
@@ -641,7 +718,7 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
 
 
 def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5,  # pylint: disable=redefined-outer-name
-           app_sls="mysqlrepl.app"):
+           app_sls="mysqlrepl.app", critical_timeout=None):
     """
     Planned switchover: make ``new_master`` the master of the topology with a
     write block of milliseconds and no lost row.
@@ -667,6 +744,11 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
+    ``critical_timeout``: how long to wait for the critical section's answer
+    (default: lock budget + catch-up timeout + hold + 60 s). When it does not
+    come, the job is found (``saltutil.find_job``) and killed if it still
+    runs before the servers' states decide the outcome: promoted if only the
+    new master is writable, otherwise stopped with the record marked.
 
     CLI Example:
 
@@ -691,7 +773,7 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
         with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})"):
             return _switch_locked(cfg, old, new_master, bool(dry_run), jid, ret, started,
                                   {"after": hold_after, "seconds": float(hold_s)} if hold_after else None,
-                                  app_sls)
+                                  app_sls, critical_timeout)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
         return _fail(ret, str(exc))
@@ -701,7 +783,8 @@ def _tag(step):
     return f"switch/{step}"
 
 
-def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
+def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # pylint: disable=too-many-arguments
+                   critical_timeout=None):
     topo = cfg["topology"]
     _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
     # the old master last: its gtid_binlog_state must be read after the others'
@@ -740,14 +823,26 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
     _progress(f"critical section on {new}'s minion", tag=_tag("critical/start"), jid=jid)
     t_crit = time.monotonic()
     crit_error = None
+    crit_minion = cfg["servers"][new]["minion"]
+    crit_jid = salt.utils.jid.gen_jid(__opts__)
+    if critical_timeout is None:
+        critical_timeout = (cfg["switch"]["lock_budget"] + cfg["switch"]["catchup_timeout"]
+                            + (hold or {}).get("seconds", 0) + 60)
     try:
-        crit = _call(cfg["servers"][new]["minion"], "mysqlrepl.switch_critical", [old],
+        crit = _call(crit_minion, "mysqlrepl.switch_critical", [old],
                      {"server": new, "events": events, "switch_jid": jid, "hold": hold},
-                     timeout=int(cfg["switch"]["lock_budget"] + cfg["switch"]["catchup_timeout"]
-                                 + (hold or {}).get("seconds", 0) + 60))
+                     timeout=max(1, int(critical_timeout)), jid=crit_jid)
     except CommandExecutionError as exc:
         crit, crit_error = None, str(exc)
     ret["timings"]["critical_call_s"] = round(time.monotonic() - t_crit, 3)
+    if crit is None:
+        # the answer is missing: the job must be over before the states are read
+        job = _settle_job(crit_minion, crit_jid, "mysqlrepl.switch_critical")
+        ret["critical_job"] = job
+        if isinstance(job["answer"], dict) and job["answer"].get("outcome"):
+            crit = job["answer"]
+        elif job["note"]:
+            crit_error = f"{crit_error}; {job['note']}"
     ret["critical_section"] = crit
     if crit is None:
         # the minion's answer is missing: find out where things stand before deciding
@@ -755,6 +850,7 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls):
         ret["servers"] = states
         writable = sorted(n for n, st in states.items() if st.get("read_only") == "OFF")
         unknown = sorted(n for n, st in states.items() if st.get("reachable") is False)
+        # once the new master is seen writable the job cannot undo it: promoted
         if writable == [new] and not unknown:
             crit = {"outcome": "promoted", "reason": f"{new} is writable (the minion's answer was lost: {crit_error})",
                     "steps": [], "block_ms": None, "pos": None}

@@ -441,6 +441,12 @@ APP_SESSIONS = (
 )
 
 SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
+SHOW_BINARY_LOGS = ("SHOW BINARY LOGS", None)
+
+
+def binlog_start_state(log_name):
+    """The GTID state at the start of binary log ``log_name`` (what precedes it)."""
+    return "SELECT BINLOG_GTID_POS(%s, 4) AS pos", (log_name,)
 
 
 # --------------------------------------------------------------------------

@@ -81,6 +81,25 @@ def position_reached(have_pos, want_pos):
     return True
 
 
+def purged_domains(replica_pos, binlog_start):
+    """
+    Domains a replica at ``replica_pos`` (its ``gtid_slave_pos``) would need
+    from binary logs a master has purged: ``binlog_start`` is the GTID state
+    at the start of the master's oldest binary log (``BINLOG_GTID_POS`` of it).
+    A replica behind that state in a domain, or with no position in a domain
+    the state holds, would get error 1236 on connecting. Returns
+    ``[(domain, replica_seq or None, first_seq_kept)]``.
+    """
+    def per_domain(text):
+        out = {}
+        for (domain, _server_id), seq in parse_gtid_list(text).items():
+            out[domain] = max(seq, out.get(domain, 0))
+        return out
+
+    have, start = per_domain(replica_pos), per_domain(binlog_start)
+    return sorted((d, have.get(d), seq) for d, seq in start.items() if have.get(d, -1) < seq)
+
+
 # ---------------------------------------------------------------------------
 # Who can write through read_only
 # ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ Figures per run:
 
 * block: the longest gap between two consecutive commits of writer A (one
   commit every 2-3 ms as the app user, finding the writable master like a
-  read_only-aware driver) that overlaps [switch start, A's first commit on the
+  read_only-aware driver or proxy: ``SELECT @@read_only`` over a monitoring
+  connection it keeps to each server) that overlaps [switch start, A's first commit on the
   new master's server_id]. A run with no master change is a failed run.
 * repoint: from the new master becoming writable (the critical section's
   clock) until the app minion's rendered hosts entry names it and writer B
@@ -210,6 +211,7 @@ def one_switch(salt, topo, writer_a, writer_b):
         block_ms=block,
         crit_block_ms=crit.get("block_ms"),
         crit_total_ms=crit.get("total_ms"),
+        crit_steps={st["step"]: st["ms"] for st in crit.get("steps") or []},
         repoint_s=(first_b - writable_at) if first_b else None,
         replicas_ready_s=(ret.get("timings") or {}).get("replicas_ready_s"),
         hosts_ok=topo.resolve() == (topo.servers[new].address, PORT),
@@ -251,6 +253,13 @@ def summary(topo, runs, acked, lost, dup):
         f"{p50([r['crit_total_ms'] for r in good if r.get('crit_total_ms')]):.1f} ms = "
         f"{100 * p50(share):.3f}% of the orchestration; write block measured by the critical section p50 "
         f"{p50([r['crit_block_ms'] for r in good if r.get('crit_block_ms')]):.1f} ms")
+    steps = {}
+    for r in good:
+        for step, ms in (r.get("crit_steps") or {}).items():
+            steps.setdefault(step, []).append(ms)
+    if steps:
+        log(f"# {topo.name}: critical section steps p50 (max) ms: " + ", ".join(
+            f"{step} {p50(v):.1f} ({max(v):.1f})" for step, v in steps.items()))
     return (f"switchover runs={len(runs)} replicas={topo.replicas} block_p50_ms={p50(blocks):.1f} "
             f"block_max_ms={max(blocks) if blocks else float('nan'):.1f} repoint_p50_s={p50(repoints):.2f} "
             f"replicas_ready_p50_s={p50(ready):.2f} acked={acked} lost={lost} dup={dup}"), p50(blocks)

@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from tests.support.topology import (ADMIN_PASSWORD, NAMES, PASSWORD, all_ok, apply, changes_of, fingerprint,
-                                    state_returns, wait_for)
+                                    run_return, state_returns, wait_for)
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,6 +68,9 @@ BAD_PILLARS = [
 
 def test_bad_pillar_fails_every_state_naming_the_key_and_changes_nothing(
         topology, mariadb_servers, write_pillar, salt_cli, salt_run_cli, restore_pillar):
+    # once a switch ran, the master record (ext_pillar) supplies mysqlrepl:master: the pillar files rule here
+    ret = salt_run_cli.run("mysqlrepl.record_set", "master=db1", "clear=True", "topology=test")
+    assert run_return(ret)["result"] is True, ret
     before = fingerprint(mariadb_servers)
     for index, (mutate, expected) in enumerate(BAD_PILLARS):
         write_pillar(_variant(topology, mutate))

@@ -302,7 +302,7 @@ def refused(salt_run_cli, servers, check, needle, new="db2", keep=()):
     data = switch(salt_run_cli, new)
     assert data["result"] is False, data
     failed = failed_checks(data)
-    assert check in failed and needle in failed[check], failed
+    assert check in failed and needle in failed[check], (failed, data["comment"])
     assert data["comment"].startswith("refused, nothing changed"), data["comment"]
     assert fingerprint(others(servers, *keep)) == before
     assert run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"] == record
@@ -383,6 +383,68 @@ def test_refused_when_a_minion_does_not_answer(switch_ready, salt_run_cli, salt_
         refused(salt_run_cli, mariadb_servers, "reachable", "db3")
     finally:
         salt_minions["db3"].start()
+
+
+def test_refused_when_new_master_purged_what_a_replica_needs(switch_ready, salt_run_cli, mariadb_servers):
+    db1, db2, db3 = (mariadb_servers[n] for n in NAMES)
+    # db3 applies an hour late (its threads run), db2 then purges its older binary logs
+    db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 3600", "START SLAVE")
+    try:
+        db1.query("INSERT INTO app.seqlog (writer, seq, server_id) VALUES ('P', 1, @@server_id)")  # root
+        pos = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+        assert db2.query("SELECT MASTER_GTID_WAIT(%s, 60) AS r", (pos,))[0]["r"] == 0
+        db2.query("FLUSH BINARY LOGS")
+        newest = db2.query("SHOW MASTER STATUS")[0]["File"]
+        # the older log goes once the binlog checkpoint has moved past it
+        wait_for(lambda: db2.query(f"PURGE BINARY LOGS TO '{newest}'") is not None
+                 and [r["Log_name"] for r in db2.query("SHOW BINARY LOGS")] == [newest],
+                 timeout=30, what=f"db2's binary logs purged to {newest}")
+        failed = refused(salt_run_cli, mariadb_servers, "replicas' positions still in the new master's binary logs",
+                         f"db3 is at seq", keep=())
+        assert set(failed) == {"replicas' positions still in the new master's binary logs"}, failed
+        assert newest in failed["replicas' positions still in the new master's binary logs"]
+    finally:
+        db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE")
+    caught_up(mariadb_servers, "db1")
+    data = switch(salt_run_cli, "db2", "dry_run=True")
+    assert data["result"] is True, failed_checks(data)
+
+
+def test_highstate_keeps_master_read_only_while_another_server_is_writable(switch_ready, salt_cli, mariadb_servers):
+    db1, db3 = mariadb_servers["db1"], mariadb_servers["db3"]
+    db1.query("SET GLOBAL read_only = 1")
+    db3.query("SET GLOBAL read_only = 0")
+    try:
+        ret = apply(salt_cli, minions=["db1", "db2"])  # not db3: its own state would fix it
+        bad = all_ok(ret)
+        assert set(bad) == {"db1"}, bad
+        assert any("db3 writable" in c and "stays read-only" in c for _i, c in bad["db1"]), bad
+        assert read_only(db1) == 1 and read_only(db3) == 0
+    finally:
+        db3.query("SET GLOBAL read_only = 1")
+    ret = apply(salt_cli, minions=["db1", "db2"])
+    assert all_ok(ret) == {}, all_ok(ret)
+    assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_lost_critical_answer_job_is_killed_before_deciding(switch_ready, salt_run_cli, salt_cli, mariadb_servers):
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    # the runner stops waiting after 3 s while the critical section holds after STOP SLAVE
+    data = switch(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=60", "critical_timeout=3")
+    job = data["critical_job"]
+    assert job["killed"] is True and job["ended"] is True, job
+    assert data["result"] is False and data["comment"].startswith("stopped"), data["comment"]
+    assert read_only(db1) == 1 and read_only(db2) == 1  # nobody writable, and it stays so
+    time.sleep(2)
+    assert read_only(db1) == 1 and read_only(db2) == 1
+    record = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))["record"]
+    assert record["master"] == "db1" and "stopped" in record["switching"]["phase"], record
+    # the operator decides: db1 stays the master
+    rec = run_return(salt_run_cli.run("mysqlrepl.record_set", "master=db1", "topology=test"))
+    assert rec["result"] is True, rec
+    ret = apply(salt_cli)
+    assert all_ok(ret) == {}, all_ok(ret)
+    assert_db1_master_db2_replica(mariadb_servers)
 
 
 class Background:

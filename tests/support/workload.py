@@ -6,7 +6,8 @@ nothing of the switch and a probe that writes to every server.
   every few ms as the app user (no READ_ONLY ADMIN by any path), retries each
   row until it commits, and finds the writable master the way a
   read_only-aware driver or proxy does: on 1290 (read-only) or a lost
-  connection it asks every server ``SELECT @@read_only`` and takes the one
+  connection it asks every server ``SELECT @@read_only`` over a monitoring
+  connection it keeps to each (as a proxy's monitor does) and takes the one
   that says 0. With ``resolve`` it instead reconnects to whatever address a
   callable returns (the ``masterdb`` hosts entry apps use).
 * :class:`Probe` tries an insert into ``app.probe`` on every server every few
@@ -62,24 +63,28 @@ class Writer(threading.Thread):
         self.conn = None
         self.target = None
         self.failure = None
+        self.monitors = {}  # (address, port) -> connection asked for @@read_only
 
     def _find_master(self):
         if self.resolve is not None:
             return self.resolve()
-        for address, port in self.servers.values():
+        # like a proxy's monitor: one kept connection per server, asked in turn
+        for endpoint in self.servers.values():
+            conn = self.monitors.get(endpoint)
             try:
-                conn = _connect(address, port, timeout=1)
-            except pymysql.err.MySQLError:
-                continue
-            try:
+                if conn is None:
+                    conn = self.monitors[endpoint] = _connect(*endpoint, timeout=1)
                 with conn.cursor() as cur:
                     cur.execute("SELECT @@read_only")
                     if cur.fetchone()[0] == 0:
-                        return address, port
-            except pymysql.err.MySQLError:
-                pass
-            finally:
-                conn.close()
+                        return endpoint
+            except (pymysql.err.MySQLError, OSError):
+                dead = self.monitors.pop(endpoint, None)
+                if dead is not None:
+                    try:
+                        dead.close()
+                    except Exception:  # pylint: disable=broad-except
+                        pass
         return None
 
     def _reconnect(self):
@@ -132,8 +137,12 @@ class Writer(threading.Thread):
                         time.sleep(0.001)
                 time.sleep(self.interval)
         finally:
-            if self.conn is not None:
-                self.conn.close()
+            for conn in [self.conn, *self.monitors.values()]:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # pylint: disable=broad-except
+                        pass
 
     def stop(self):
         self.stop_event.set()

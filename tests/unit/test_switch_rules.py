@@ -27,6 +27,17 @@ def test_position_reached():
     assert sw.position_reached("", "")
 
 
+def test_purged_domains():
+    # the master's oldest binary log starts after 0-11-100 (and 1-12-7)
+    start = "0-11-100,0-12-40,1-12-7"
+    assert sw.purged_domains("0-11-100,1-12-7", start) == []  # exactly at the start: fine
+    assert sw.purged_domains("0-12-120,1-12-9", start) == []  # sequences grow per domain
+    assert sw.purged_domains("0-11-99,1-12-7", start) == [(0, 99, 100)]
+    assert sw.purged_domains("0-11-100", start) == [(1, None, 7)]  # a domain it never had
+    assert sw.purged_domains("0-11-5", "") == []  # nothing purged: every log since the first
+    assert sw.purged_domains("", "") == []
+
+
 def _acct(user, host, access=0, role=False, default_role=None, locked=False):
     return {"user": user, "host": host, "access": access, "is_role": "true" if role else "false",
             "default_role": default_role, "locked": "true" if locked else "false"}
