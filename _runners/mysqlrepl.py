@@ -80,6 +80,8 @@ def _call(minion, fun, arg=(), kwarg=None, timeout=60, jid=""):
                              jid=jid, listen=True)
         if not pub or not pub.get("jid"):
             raise CommandExecutionError(f"cannot publish {fun} to {minion} (is the salt-master running?)")
+        if minion not in (pub.get("minions") or []):
+            raise CommandExecutionError(f"no minion {minion} (its key is not accepted on this salt-master)")
         tag = f"salt/job/{pub['jid']}/ret/{minion}"
         while time.monotonic() < deadline:
             data = client.event.get_event(wait=max(0.05, min(deadline - time.monotonic(), 1.0)), tag=tag,
@@ -108,30 +110,28 @@ def _settle_job(minion, jid, fun, wait=15):
     "killed", "answer", "note"}``: ``ended`` is ``None`` when the minion could
     not say.
     """
-    client = _client()
     out = {"jid": jid, "ended": None, "killed": False, "answer": None, "note": ""}
-
-    def running():
-        res = client.cmd(minion, "saltutil.find_job", [jid], timeout=5)
-        if minion not in res:
-            return None
-        return bool(res[minion])
-
     try:
-        state = running()
-        if state:
-            client.cmd(minion, "saltutil.kill_job", [jid], timeout=5)
-            out["killed"] = True
-            deadline = time.monotonic() + wait
-            while state and time.monotonic() < deadline:
-                time.sleep(0.5)
-                state = running()
-        out["ended"] = None if state is None else not state
-        if state is None:
-            out["note"] = f"{minion} did not answer saltutil.find_job: its job {jid} may still run"
-        elif state:
-            out["note"] = f"job {jid} still runs on {minion} after saltutil.kill_job"
-        cached = client.get_cache_returns(jid).get(minion)
+        with _client() as client:
+
+            def running():
+                res = client.cmd(minion, "saltutil.find_job", [jid], timeout=5)
+                return bool(res[minion]) if minion in res else None
+
+            state = running()
+            if state:
+                client.cmd(minion, "saltutil.kill_job", [jid], timeout=5)
+                out["killed"] = True
+                deadline = time.monotonic() + wait
+                while state and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    state = running()
+            out["ended"] = None if state is None else not state
+            if state is None:
+                out["note"] = f"{minion} did not answer saltutil.find_job: its job {jid} may still run"
+            elif state:
+                out["note"] = f"job {jid} still runs on {minion} after saltutil.kill_job"
+            cached = client.get_cache_returns(jid).get(minion)
         if out["ended"] and isinstance(cached, dict) and "ret" in cached:
             try:
                 out["answer"] = _answer(minion, fun, cached)

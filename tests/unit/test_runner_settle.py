@@ -1,8 +1,9 @@
 """
-The switch runner's handling of a critical-section call whose answer did not
-come (``_settle_job``): the job must be over before the servers' states decide
-the outcome. Driven with a scripted LocalClient (the integration tests lose a
-real answer with ``critical_timeout``).
+The switch runner's calls to minions: a hard time limit on each (``_call``),
+and a critical-section call whose answer did not come (``_settle_job``): the
+job must be over before the servers' states decide the outcome. Driven with
+a scripted LocalClient (the integration tests lose a real answer with
+``critical_timeout``).
 """
 
 import importlib.util
@@ -41,6 +42,12 @@ class Client:
 
     def get_cache_returns(self, jid):
         return self.cache
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def settle(runner, client):
@@ -81,3 +88,56 @@ def test_job_that_failed_gives_its_error_not_an_answer(runner):
     client = Client([{}], cache={"db2": {"ret": "ERROR: boom", "retcode": 1}})
     out = settle(runner, client)
     assert out["ended"] is True and out["answer"] is None and "boom" in out["note"]
+
+
+class Events:
+    def __init__(self, events):
+        self.events = list(events)
+        self.asked = []
+
+    def get_event(self, wait=5, tag="", **_kw):
+        self.asked.append(tag)
+        return self.events.pop(0) if self.events else None
+
+
+class PubClient(Client):
+    def __init__(self, minions, events, cache=None):
+        super().__init__([{}], cache)
+        self.minions = minions
+        self.event = Events(events)
+
+    def run_job(self, tgt, fun, **kw):
+        self.calls.append(fun)
+        return {"jid": "20261123", "minions": self.minions}
+
+
+def call(runner, client, timeout=0.3):
+    runner._client = lambda: client  # pylint: disable=protected-access
+    return runner._call("db2", "mysqlrepl.status", ["db2"], timeout=timeout)  # pylint: disable=protected-access
+
+
+def test_call_returns_the_minions_answer(runner):
+    client = PubClient(["db2"], [None, {"id": "db2", "return": {"ok": 1}, "retcode": 0}])
+    assert call(runner, client) == {"ok": 1}
+    assert client.event.asked[0] == "salt/job/20261123/ret/db2"
+
+
+def test_call_raises_the_minions_error(runner):
+    client = PubClient(["db2"], [{"id": "db2", "return": "ERROR: 2002: Can't connect", "retcode": 1}])
+    with pytest.raises(runner.CommandExecutionError, match="2002: Can't connect"):
+        call(runner, client)
+
+
+def test_call_stops_waiting_at_its_time_limit(runner):
+    with pytest.raises(runner.CommandExecutionError, match="did not answer mysqlrepl.status within"):
+        call(runner, PubClient(["db2"], []))
+
+
+def test_call_takes_an_answer_that_only_reached_the_job_cache(runner):
+    client = PubClient(["db2"], [], cache={"db2": {"ret": {"ok": 2}}})
+    assert call(runner, client) == {"ok": 2}
+
+
+def test_call_to_an_unknown_minion_fails_at_once(runner):
+    with pytest.raises(runner.CommandExecutionError, match="no minion db2"):
+        call(runner, PubClient([], []), timeout=30)
