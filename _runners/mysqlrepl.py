@@ -757,7 +757,8 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
         salt-run mysqlrepl.switch new_master=db2 dry_run=True
         salt-run mysqlrepl.switch new_master=db2
     """
-    ret = {"result": False, "comment": "", "new_master": new_master, "prechecks": [], "timings": {}}
+    ret = {"result": False, "comment": "", "new_master": new_master, "prechecks": [], "timings": {},
+           "started_at": time.time()}
     started = time.monotonic()
     # names this switch in the record, the events and the minions' calls
     jid = f"switch-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d%H%M%S%f')}-{os.getpid()}"

@@ -14,7 +14,9 @@ salt-master (as staging and production would be) and interleaves their runs.
 
 Figures per run:
 
-* block: the longest gap between two consecutive commits of writer A (one
+* block: from the runner's start (``started_at`` in its result: the
+  orchestration's module sync before it is Salt's, not the switch's), the
+  longest gap between two consecutive commits of writer A (one
   commit every 2-3 ms as the app user, finding the writable master like a
   read_only-aware driver or proxy: ``SELECT @@read_only`` over a monitoring
   connection it keeps to each server) that overlaps [switch start, A's first commit on the
@@ -198,10 +200,14 @@ def one_switch(salt, topo, writer_a, writer_b):
     deadline = time.time() + 10
     while time.time() < deadline and not any(sid == new_sid and t >= t0 for _s, sid, t in writer_a.acked):
         time.sleep(0.01)
-    block = workload.block_ms(list(writer_a.acked), t0, new_sid)
-    if block is None:
+    acked = list(writer_a.acked)
+    # the switch starts when the runner does (after the orchestration's module sync)
+    gap = workload.worst_gap(acked, ret.get("started_at") or t0, new_sid)
+    gap_orch = workload.worst_gap(acked, t0, new_sid)
+    if gap is None:
         run.update(ok=False, error=f"no commit of writer A on {new} after the switch")
         return run
+    block = gap[0]
     writable_at = crit.get("writable_at") or t0
     while time.time() < deadline + 10 and not any(
             sid == new_sid and t >= writable_at for _s, sid, t in writer_b.acked):
@@ -209,6 +215,9 @@ def one_switch(salt, topo, writer_a, writer_b):
     first_b = next((t for _s, sid, t in list(writer_b.acked) if sid == new_sid and t >= writable_at), None)
     run.update(
         block_ms=block,
+        # where the worst gap ended, from the new master becoming writable (s)
+        gap_at_s=gap[2] - writable_at,
+        block_from_orch_ms=gap_orch[0] if gap_orch else None,
         crit_block_ms=crit.get("block_ms"),
         crit_total_ms=crit.get("total_ms"),
         crit_steps={st["step"]: st["ms"] for st in crit.get("steps") or []},
@@ -253,6 +262,10 @@ def summary(topo, runs, acked, lost, dup):
         f"{p50([r['crit_total_ms'] for r in good if r.get('crit_total_ms')]):.1f} ms = "
         f"{100 * p50(share):.3f}% of the orchestration; write block measured by the critical section p50 "
         f"{p50([r['crit_block_ms'] for r in good if r.get('crit_block_ms')]):.1f} ms")
+    near = [r for r in good if r.get("gap_at_s") is not None and -1 <= r["gap_at_s"] <= 1]
+    log(f"# {topo.name}: the worst gap ended within 1 s of the new master becoming writable in "
+        f"{len(near)}/{len(good)} runs; block counted from the orchestration's start (its module sync "
+        f"included) p50 {p50([r['block_from_orch_ms'] for r in good if r.get('block_from_orch_ms')]):.1f} ms")
     steps = {}
     for r in good:
         for step, ms in (r.get("crit_steps") or {}).items():
@@ -311,7 +324,8 @@ def main(argv=None):
                 topo.results.append(run)
                 if run["ok"]:
                     log(f"{topo.name} run {i + 1}: -> {run['to']} block {run['block_ms']:.1f} ms "
-                        f"(critical section {run['crit_block_ms']} ms), repoint {run['repoint_s']:.2f} s, "
+                        f"(ends {run['gap_at_s']:+.3f} s from writable; from the orchestration's start "
+                        f"{run['block_from_orch_ms']:.1f} ms; critical section {run['crit_block_ms']} ms), repoint {run['repoint_s']:.2f} s, "
                         f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s")
                 else:
                     log(f"{topo.name} run {i + 1}: FAILED {run.get('error')}")

@@ -209,17 +209,24 @@ def runs_of_server_ids(rows):
     return [tuple(r) for r in runs]
 
 
-def block_ms(acked, start, new_server_id):
+def worst_gap(acked, start, new_server_id):
     """
-    The issue's block figure: the longest gap between two consecutive commits
-    that overlaps [start, first commit on the new master's server_id].
+    The longest gap between two consecutive commits that overlaps [start,
+    first commit on the new master's server_id]: ``(ms, t_before, t_after)``,
+    or ``None`` when nothing was committed on the new master after ``start``.
     """
     first_new = next((t for _s, sid, t in acked if sid == new_server_id and t >= start), None)
     if first_new is None:
         return None
     times = [t for _s, _sid, t in acked]
-    worst = 0.0
+    worst = (0.0, start, start)
     for a, b in zip(times, times[1:]):
-        if b >= start and a <= first_new:
-            worst = max(worst, b - a)
-    return worst * 1000
+        if b >= start and a <= first_new and (b - a) * 1000 > worst[0]:
+            worst = ((b - a) * 1000, a, b)
+    return worst
+
+
+def block_ms(acked, start, new_server_id):
+    """The issue's block figure: :func:`worst_gap` in ms."""
+    gap = worst_gap(acked, start, new_server_id)
+    return None if gap is None else gap[0]
