@@ -899,18 +899,37 @@ def _replica_status(conn, version=None):
     return _sql("normalize_replica_status")(row)
 
 
-def status(server=None):
+def _for_each(servers, fun):
+    """
+    ``fun(name)`` for several servers of this minion in one Salt job (the
+    runners group their reads per minion): ``{name: result}``, or
+    ``{name: {"error": text}}`` for a server that failed.
+    """
+    out = {}
+    for name in servers:
+        try:
+            out[name] = fun(name)
+        except (CommandExecutionError, SaltInvocationError) as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def status(server=None, servers=None):
     """
     Replication status of a server: version, read_only, GTID positions, TLS,
     replica threads and errors, and (on a master) the cipher of every Binlog
-    Dump thread.
+    Dump thread. ``servers=[...]``: several of this minion's servers at once,
+    ``{name: status or {"error": text}}``.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt 'db*' mysqlrepl.status
+        salt 'db-host1' mysqlrepl.status servers='[db1, db2]'
     """
+    if servers is not None:
+        return _for_each(servers, status)
     srv = _server(server)
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
@@ -1643,14 +1662,15 @@ def _exempt_accounts(cfg, srv):
     return exempt
 
 
-def switch_facts(server=None):
+def switch_facts(server=None, servers=None):
     """
     What the switch's prechecks need from one server, read in one connection;
     changes nothing: version, variables, GTID state, replica status, Binlog
     Dump threads and their ciphers, accounts and events that can write
     through ``read_only``, open transactions, blocking locks (LOCK TABLES,
     FTWRL, BACKUP STAGE), a ``mysqlrepl.lock`` lease, TLS files, and the
-    oldest binary log with the GTID state it starts after.
+    oldest binary log with the GTID state it starts after. ``servers=[...]``:
+    several of this minion's servers at once, ``{name: facts or {"error": text}}``.
 
     CLI Example:
 
@@ -1658,6 +1678,8 @@ def switch_facts(server=None):
 
         salt db1 mysqlrepl.switch_facts
     """
+    if servers is not None:
+        return _for_each(servers, switch_facts)
     cfg = _cfg()
     srv = _server(server)
     switch = _u("mysqlrepl_switch.read_only_bypass")

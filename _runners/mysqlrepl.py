@@ -480,6 +480,32 @@ def _parallel(calls, timeout=60):
     return out
 
 
+def _per_server(cfg, names, fun, timeout):
+    """
+    ``fun`` (a mysqlrepl function taking ``servers=[...]``) on every named
+    server, one job per minion: a minion owning several servers forks one
+    job, not one per server. ``{name: (ok, result or error text)}``.
+    """
+    by_minion = {}
+    for name in names:
+        by_minion.setdefault(cfg["servers"][name]["minion"], []).append(name)
+    answers = _parallel({m: (m, fun, [], {"servers": ns}) for m, ns in by_minion.items()}, timeout=timeout)
+    out = {}
+    for minion, ns in by_minion.items():
+        ok, res = answers[minion]
+        for name in ns:
+            got = res.get(name) if ok and isinstance(res, dict) else None
+            if not ok:
+                out[name] = (False, res)
+            elif not isinstance(got, dict):
+                out[name] = (False, f"{minion}: {fun} returned nothing for {name}")
+            elif set(got) == {"error"}:
+                out[name] = (False, f"{minion}: {fun}: {got['error']}")
+            else:
+                out[name] = (True, got)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # planned switchover
 # ---------------------------------------------------------------------------
@@ -672,9 +698,8 @@ def _plan(cfg, old, new, events):
 
 def _server_states(cfg):
     """Role, read_only, link and TLS of every server (for the result)."""
-    calls = {n: (s["minion"], "mysqlrepl.status", [n], {}) for n, s in cfg["servers"].items()}
     out = {}
-    for name, (ok, st) in _parallel(calls, timeout=30).items():
+    for name, (ok, st) in sorted(_per_server(cfg, cfg["servers"], "mysqlrepl.status", 30).items()):
         if not ok:
             out[name] = {"reachable": False, "error": st}
             continue
@@ -790,11 +815,10 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
     _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
     # the old master last: its gtid_binlog_state must be read after the others'
     # (or a replica that applied a newer GTID would look errant)
-    calls = {n: (s["minion"], "mysqlrepl.switch_facts", [n], {}) for n, s in cfg["servers"].items() if n != old}
-    facts = {n: f for n, (_ok, f) in _parallel(calls, timeout=FACTS_TIMEOUT).items()}
-    facts.update({n: f for n, (_ok, f) in _parallel(
-        {old: (cfg["servers"][old]["minion"], "mysqlrepl.switch_facts", [old], {})},
-        timeout=FACTS_TIMEOUT).items()})
+    others = [n for n in cfg["servers"] if n != old]
+    facts = {n: f for n, (_ok, f) in _per_server(cfg, others, "mysqlrepl.switch_facts", FACTS_TIMEOUT).items()}
+    facts.update({n: f for n, (_ok, f) in _per_server(cfg, [old], "mysqlrepl.switch_facts",
+                                                       FACTS_TIMEOUT).items()})
     checks = _prechecks(cfg, facts, old, new, _read_record(topo) or {})
     ret["prechecks"] = checks
     failed = [c for c in checks if not c["ok"]]

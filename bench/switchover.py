@@ -217,6 +217,11 @@ def one_switch(salt, topo, writer_a, writer_b):
         block_ms=block,
         # where the worst gap ended, from the new master becoming writable (s)
         gap_at_s=gap[2] - writable_at,
+        # the runner's timeline, from its start: where the worst gap ended, prechecks done, writable
+        timeline=None if not ret.get("started_at") else {
+            "gap_end_s": round(gap[2] - ret["started_at"], 3),
+            "prechecks_s": (ret.get("timings") or {}).get("prechecks_s"),
+            "writable_s": round(writable_at - ret["started_at"], 3)},
         block_from_orch_ms=gap_orch[0] if gap_orch else None,
         crit_block_ms=crit.get("block_ms"),
         crit_total_ms=crit.get("total_ms"),
@@ -325,7 +330,8 @@ def main(argv=None):
                 if run["ok"]:
                     log(f"{topo.name} run {i + 1}: -> {run['to']} block {run['block_ms']:.1f} ms "
                         f"(ends {run['gap_at_s']:+.3f} s from writable; from the orchestration's start "
-                        f"{run['block_from_orch_ms']:.1f} ms; critical section {run['crit_block_ms']} ms), repoint {run['repoint_s']:.2f} s, "
+                        f"{run['block_from_orch_ms']:.1f} ms; critical section {run['crit_block_ms']} ms; runner timeline "
+                        f"{run['timeline']}), repoint {run['repoint_s']:.2f} s, "
                         f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s")
                 else:
                     log(f"{topo.name} run {i + 1}: FAILED {run.get('error')}")
