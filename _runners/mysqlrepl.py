@@ -725,11 +725,14 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
     tgt = f"I@mysqlrepl_app:topology:{topology}"
     started = time.monotonic()
     try:
-        client = _client()
-        refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
-                               timeout=30)
-        applied = client.cmd(tgt, "state.apply", [sls], tgt_type="compound", timeout=120) if refreshed else {}
-        failed = {}
+        with _client() as client:
+            # a state run compiles its own fresh pillar (the new record): apply first, then
+            # refresh the minions' in-memory pillar for pillar.get and later jobs
+            applied = client.cmd(tgt, "state.apply", [sls], tgt_type="compound", timeout=120)
+            out["applied_s"] = round(time.monotonic() - started, 3)
+            refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
+                                   timeout=30)
+        failed = {m: f"pillar refresh: {r}" for m, r in refreshed.items() if r is not True}
         for minion, states in applied.items():
             if not isinstance(states, dict):
                 failed[minion] = str(states)
