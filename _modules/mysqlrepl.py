@@ -17,6 +17,7 @@ SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
 ``_utils/mysqlrepl_tls.py``, pillar validation in ``_utils/mysqlrepl_config.py``.
 """
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -905,12 +906,16 @@ def _for_each(servers, fun):
     runners group their reads per minion): ``{name: result}``, or
     ``{name: {"error": text}}`` for a server that failed.
     """
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
     out = {}
     for name in servers:
         try:
             out[name] = fun(name)
         except (CommandExecutionError, SaltInvocationError) as exc:
             out[name] = {"error": str(exc)}
+        except Exception as exc:  # pylint: disable=broad-except
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
@@ -1068,8 +1073,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
     * The master of record: not replicating from anyone, writable at runtime
       (``read_only`` stays ON in its config file so a restart comes back
       read-only). A highstate makes it writable only if a fresh pillar's
-      record still names it and no other server answers that it is writable
-      (servers that cannot be asked are named in the comment).
+      record still names it and every other server answers that it is
+      read-only.
     * A replica: read-only, replicating from the master with MASTER_SSL=1, the
       topology CA, its own certificate, MASTER_SSL_VERIFY_SERVER_CERT and GTID;
       only what differs is changed; waits until both threads run. A replica with
@@ -1120,24 +1125,24 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
             if variables["read_only"] == "OFF":
                 return {"result": True, "changes": {}, "comment": f"{srv['name']} is the writable master"}
             changes = {"read_only": {"old": "ON", "new": "OFF"}}
-            note = ""
             if switch_jid is None:
                 # a highstate about to make a master writable: the record must
                 # still name it, and no other server may be writable
                 stale = _record_moved(srv["name"])
                 writable, unknown = ([], []) if stale else _peers_read_only(cfg, srv)
-                if stale or writable:
+                if stale or writable or unknown:
                     return {"result": False, "changes": {}, "comment": stale or (
                         f"{', '.join(writable)} writable: {srv['name']} (master of record) stays read-only, "
                         "never two writable masters; make it read-only, or if it took writes as master "
-                        "see `salt-run mysqlrepl.record`")}
-                if unknown:
-                    note = f" ({'; '.join(unknown)} could not be asked whether it is read-only)"
+                        "see `salt-run mysqlrepl.record`" if writable else
+                        f"{srv['name']} (master of record) stays read-only: cannot tell whether another server "
+                        f"is writable ({'; '.join(unknown)}); bring it back, or remove a server that is gone "
+                        "from mysqlrepl:servers")}
             if test:
                 return {"result": None, "changes": changes,
-                        "comment": f"{srv['name']} (master of record) would be made writable{note}"}
+                        "comment": f"{srv['name']} (master of record) would be made writable"}
             _run(conn, _sql("set_read_only")(False))
-            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable{note}"}
+            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable"}
         # replica
         changes = {}
         threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
@@ -1235,22 +1240,29 @@ def _peers_read_only(cfg, srv):
     the replication account, with this server's certificate, as its links do;
     reading a variable needs no privilege). Returns ``(writable, unknown)``:
     names of servers that are writable, and ``"name: error"`` for those that
-    could not be asked.
+    could not be asked (asked in parallel).
     """
+    connect_tls, closing = _u("mysqlrepl_db.connect_tls"), _u("mysqlrepl_db.closing")
+    select_ro = _sql("SELECT_READ_ONLY")
+
+    def ask(peer):
+        conn = connect_tls(
+            peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+            srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+            connect_timeout=3, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
+        with closing(conn):
+            return int(_one(conn, select_ro)["ro"])
+
+    peers = {n: p for n, p in cfg["servers"].items() if n != srv["name"]}
     writable, unknown = [], []
-    for name, peer in sorted(cfg["servers"].items()):
-        if name == srv["name"]:
-            continue
-        try:
-            conn = _u("mysqlrepl_db.connect_tls")(
-                peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
-                srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
-                connect_timeout=3, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
-            with _u("mysqlrepl_db.closing")(conn):
-                if int(_one(conn, _sql("SELECT_READ_ONLY"))["ro"]) == 0:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(peers))) as pool:
+        futures = {n: pool.submit(ask, p) for n, p in peers.items()}
+        for name in sorted(futures):
+            try:
+                if futures[name].result() == 0:
                     writable.append(name)
-        except CommandExecutionError as exc:
-            unknown.append(f"{name}: {exc}")
+            except Exception as exc:  # pylint: disable=broad-except
+                unknown.append(f"{name}: {exc}")
     return writable, unknown
 
 
@@ -1759,7 +1771,7 @@ def _admin_connection(cfg, srv, peer, timeout=5, read_timeout=None):
     )
 
 
-def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
+def switch_critical(old, server=None, events=None, switch_jid=None, hold=None, time_limit=None):
     """
     The switch's write block, run on the new master's minion with no Salt
     round trip inside: the new master over its socket, the old one over
@@ -1767,7 +1779,9 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
     first). See ``_utils/mysqlrepl_switch.py`` ``critical_section`` for the
     steps and the rules on failure. ``events``: ``[[db, name], ...]`` to enable
     on the new master once it is writable. ``hold`` (fault drills):
-    ``{"after": step, "seconds": s}``.
+    ``{"after": step, "seconds": s}``. ``time_limit``: how long the caller
+    waits for the answer (s); if connecting took so long that the block could
+    outlast it, the switch aborts before changing anything.
 
     Called by ``salt-run mysqlrepl.switch``, which runs the prechecks first; do
     not call it by hand.
@@ -1778,6 +1792,7 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
 
         salt db2 mysqlrepl.switch_critical db1
     """
+    started = time.monotonic()
     cfg = _cfg()
     srv = _server(server)
     if old not in cfg["servers"] or old == srv["name"]:
@@ -1786,9 +1801,10 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
     sw = cfg["switch"]
     hold_s = float((hold or {}).get("seconds", 0))
     # every answer inside the window is bounded: a stalled peer cannot keep the
-    # section running after the runner stopped waiting (it waits budget +
-    # catch-up + hold + 60 s; the section gives up before new_writable past deadline_s)
-    io_timeout = int(sw["lock_budget"] + sw["catchup_timeout"] + hold_s + 10)
+    # section running after the runner stopped waiting (the section gives up
+    # before new_writable past deadline_s)
+    limits = _u("mysqlrepl_switch.time_limits")(sw["lock_budget"], sw["catchup_timeout"], hold_s)
+    io_timeout = limits["io_s"]
     try:
         new_conn = _u("mysqlrepl_db.connect_local")(srv, __opts__, connect_timeout=5, read_timeout=io_timeout)
     except CommandExecutionError as exc:
@@ -1818,7 +1834,7 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
         # built here, not inside the window: a plain tuple with the position swapped in
         wait_sql, wait_args = _sql("master_gtid_wait")(version, "", wait_timeout)
         st = {
-            "deadline_s": sw["lock_budget"] + wait_timeout + hold_s + 30,
+            "deadline_s": limits["deadline_s"],
             "budget_s": sw["lock_budget"],
             "catchup_s": wait_timeout,
             "old_read_only": _sql("set_read_only")(True, sw["lock_budget"]),
@@ -1857,6 +1873,11 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None):
                 conn.close()
 
         st["probe_new"] = probe_new
+        spent = time.monotonic() - started
+        if time_limit is not None and spent + limits["worst_s"] > float(time_limit) - 2:
+            return {"outcome": "aborted", "steps": [], "pos": None, "block_ms": None, "switch_jid": switch_jid,
+                    "reason": (f"connecting took {spent:.1f}s: the write block (up to {limits['worst_s']}s) "
+                               f"could outlast the runner's {time_limit}s; nothing changed")}
         if st["enable_events"]:
             _run(new_conn, _sql("SESSION_NO_BINLOG"))
         endpoint = _u("mysqlrepl_switch.endpoint")

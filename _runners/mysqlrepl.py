@@ -30,7 +30,8 @@ import time
 import salt.client
 import salt.utils.event
 import salt.utils.jid
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+import salt.utils.minions
+from salt.exceptions import CommandExecutionError, SaltClientError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def _client():
 
 
 def _fail(ret, message):
+    # salt-run's exit code comes from the returned dict's retcode
     __context__["retcode"] = 1
     ret["result"] = False
+    ret["retcode"] = 1
     ret["comment"] = message
     return ret
 
@@ -74,30 +77,42 @@ def _call(minion, fun, arg=(), kwarg=None, timeout=60, jid=""):
     runs); raise with the minion's own error text.
     """
     deadline = time.monotonic() + timeout
-    with _client() as client:
-        # listen=True: subscribed to the event bus before the job is published
-        pub = client.run_job(minion, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="glob", timeout=timeout,
-                             jid=jid, listen=True)
-        if not pub or not pub.get("jid"):
-            raise CommandExecutionError(f"cannot publish {fun} to {minion} (is the salt-master running?)")
-        if minion not in (pub.get("minions") or []):
-            raise CommandExecutionError(f"no minion {minion} (its key is not accepted on this salt-master)")
-        tag = f"salt/job/{pub['jid']}/ret/{minion}"
-        while time.monotonic() < deadline:
-            data = client.event.get_event(wait=max(0.05, min(deadline - time.monotonic(), 1.0)), tag=tag,
-                                          match_type="startswith", auto_reconnect=True)
-            if data and data.get("id") == minion:
-                return _answer(minion, fun, {"ret": data.get("return"), "retcode": data.get("retcode", 0)})
-        cached = client.get_cache_returns(pub["jid"]).get(minion)
+    try:
+        with _client() as client:
+            # listen=True: subscribed to the event bus before the job is published
+            pub = client.run_job(minion, fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="glob",
+                                 timeout=timeout, jid=jid, listen=True)
+            if not pub or not pub.get("jid"):
+                raise CommandExecutionError(f"cannot publish {fun} to {minion} (is the salt-master running?)")
+            if minion not in (pub.get("minions") or []):
+                raise CommandExecutionError(f"no minion {minion} (its key is not accepted on this salt-master)")
+            tag = f"salt/job/{pub['jid']}/ret/{minion}"
+            while time.monotonic() < deadline:
+                data = client.event.get_event(wait=max(0.05, min(deadline - time.monotonic(), 1.0)), tag=tag,
+                                              match_type="startswith", auto_reconnect=True)
+                if data and data.get("id") == minion:
+                    return _answer(minion, fun, {"ret": data.get("return"), "retcode": data.get("retcode", 0)})
+            cached = client.get_cache_returns(pub["jid"]).get(minion)
+    except SaltClientError as exc:
+        raise CommandExecutionError(f"{fun} on {minion}: the salt-master's client failed: {exc}") from exc
     if isinstance(cached, dict) and "ret" in cached:
         return _answer(minion, fun, cached)
     raise CommandExecutionError(f"minion {minion} did not answer {fun} within {timeout}s")
 
 
+# what a minion returns instead of the function's value when the call failed
+_SALT_ERRORS = ("ERROR", "Passed invalid arguments", "The minion function caused an exception",
+                "is not available", "Exception occurred")
+
+
 def _answer(minion, fun, out):
-    if out.get("retcode", 0) != 0 or (isinstance(out.get("ret"), str) and out["ret"].startswith("ERROR")):
-        raise CommandExecutionError(f"{minion}: {fun}: {out.get('ret')}")
-    return out["ret"]
+    """The function's value, or raise: a non-zero retcode, or (the job cache keeps no retcode) a
+    string where every mysqlrepl function the runner calls returns a dict or a GTID position."""
+    ret = out.get("ret")
+    if out.get("retcode", 0) != 0 or (isinstance(ret, str) and any(e in ret for e in _SALT_ERRORS)) \
+            or not isinstance(ret, (dict, str)):
+        raise CommandExecutionError(f"{minion}: {fun}: {ret}")
+    return ret
 
 
 def _settle_job(minion, jid, fun, wait=15):
@@ -163,8 +178,8 @@ def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10):  # py
     """The validated topology; raises with the reason."""
     if topology:
         tgt = f"( {tgt} ) and I@mysqlrepl:topology:{topology}"
-    res = _client().cmd(tgt, "mysqlrepl.settings", tgt_type=tgt_type, timeout=timeout,
-                        full_return=True)
+    with _client() as client:
+        res = client.cmd(tgt, "mysqlrepl.settings", tgt_type=tgt_type, timeout=timeout, full_return=True)
     found = {}
     errors = {}
     for minion, out in sorted(res.items()):
@@ -457,8 +472,8 @@ def _minions(cfg):
 
 def _refresh_pillar(cfg):
     minions = _minions(cfg)
-    res = _client().cmd(minions, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="list",
-                        timeout=30)
+    with _client() as client:
+        res = client.cmd(minions, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="list", timeout=30)
     missing = [m for m in minions if res.get(m) is not True]
     if missing:
         raise CommandExecutionError(f"pillar refresh failed on {', '.join(missing)}: "
@@ -489,7 +504,10 @@ def _per_server(cfg, names, fun, timeout):
     by_minion = {}
     for name in names:
         by_minion.setdefault(cfg["servers"][name]["minion"], []).append(name)
-    answers = _parallel({m: (m, fun, [], {"servers": ns}) for m, ns in by_minion.items()}, timeout=timeout)
+    most = max((len(ns) for ns in by_minion.values()), default=1)
+    # one job reads its servers one after the other
+    answers = _parallel({m: (m, fun, [], {"servers": ns}) for m, ns in by_minion.items()},
+                        timeout=timeout + 2 * (most - 1))
     out = {}
     for minion, ns in by_minion.items():
         ok, res = answers[minion]
@@ -590,7 +608,7 @@ def _prechecks(cfg, facts, old, new, record):
         elif ors["io_running"] != "Yes" or ors["sql_running"] != "Yes":
             stuck.append(f"{name}: IO thread {ors['io_running']}, SQL thread {ors['sql_running']}")
     _check(checks, "other replicas replicate from the current master", not stuck,
-           "; ".join(stuck) if stuck else (f"{', '.join(others)} run from {old}" if others else "none"))
+           "; ".join(stuck) if stuck else (f"replicating from {old}: {', '.join(others)}" if others else "none"))
     # the other replicas will ask the new master for what follows their position
     kept = fn.get("binlogs") or {}
     purged = []
@@ -601,7 +619,8 @@ def _prechecks(cfg, facts, old, new, record):
             purged.append(f"{name} is at {at} in domain {domain}, but {new}'s oldest binary log "
                           f"{kept.get('oldest')} starts after seq {first}")
     _check(checks, "replicas' positions still in the new master's binary logs", not purged,
-           (f"{new} keeps what {', '.join(others)} need" if others else "none") if not purged else
+           ("none" if not others else f"{new} has no binary logs to read (see the binary log check)"
+            if not kept else f"{new} keeps the binary logs the other replicas need") if not purged else
            "; ".join(purged) + f" ({new} purged them; they would stop with error 1236: re-seed them after the "
            "switch, or keep binary logs longer: expire_logs_days / binlog_expire_logs_seconds)")
     v = fn["variables"]
@@ -725,6 +744,8 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
     tgt = f"I@mysqlrepl_app:topology:{topology}"
     started = time.monotonic()
     try:
+        expected = set(salt.utils.minions.CkMinions(__opts__).check_minions(
+            tgt, "compound", greedy=False).get("minions", []))
         with _client() as client:
             # a state run compiles its own fresh pillar (the new record): apply first, then
             # refresh the minions' in-memory pillar for pillar.get and later jobs
@@ -733,6 +754,7 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
             refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
                                    timeout=30)
         failed = {m: f"pillar refresh: {r}" for m, r in refreshed.items() if r is not True}
+        failed.update({m: "did not answer" for m in sorted(expected - set(applied))})
         for minion, states in applied.items():
             if not isinstance(states, dict):
                 failed[minion] = str(states)
@@ -773,7 +795,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
     ``critical_timeout``: how long to wait for the critical section's answer
-    (default: lock budget + catch-up timeout + hold + 60 s). When it does not
+    (default: the longest the block can take, about 2 × (lock budget +
+    catch-up timeout + hold) + 110 s; the minion aborts before changing
+    anything if connecting left too little of it). When it does not
     come, the job is found (``saltutil.find_job``) and killed if it still
     runs before the servers' states decide the outcome: promoted if only the
     new master is writable, otherwise stopped with the record marked.
@@ -854,12 +878,14 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
     crit_minion = cfg["servers"][new]["minion"]
     crit_jid = salt.utils.jid.gen_jid(__opts__)
     if critical_timeout is None:
-        critical_timeout = (cfg["switch"]["lock_budget"] + cfg["switch"]["catchup_timeout"]
-                            + (hold or {}).get("seconds", 0) + 60)
+        critical_timeout = __utils__["mysqlrepl_switch.time_limits"](
+            cfg["switch"]["lock_budget"], cfg["switch"]["catchup_timeout"], (hold or {}).get("seconds", 0))["runner_s"]
+    critical_timeout = max(1, int(critical_timeout))
     try:
         crit = _call(crit_minion, "mysqlrepl.switch_critical", [old],
-                     {"server": new, "events": events, "switch_jid": jid, "hold": hold},
-                     timeout=max(1, int(critical_timeout)), jid=crit_jid)
+                     {"server": new, "events": events, "switch_jid": jid, "hold": hold,
+                      "time_limit": critical_timeout},
+                     timeout=critical_timeout, jid=crit_jid)
     except CommandExecutionError as exc:
         crit, crit_error = None, str(exc)
     ret["timings"]["critical_call_s"] = round(time.monotonic() - t_crit, 3)
@@ -889,9 +915,13 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
             switching["phase"] = f"stopped: {crit_error}; {seen}"
             _write_record(topo, _new_record(cfg, old, switching=switching))
             _progress("switch stopped", tag=_tag("stopped"), jid=jid, reason=switching["phase"])
-            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); {seen}; the "
-                              "record marks the switch as stopped so states change nothing; make sure the "
-                              f"job is gone (salt-run jobs.active), decide the master, then salt-run "
+            gone = ("its job was killed and is gone" if job.get("killed") and job.get("ended") else
+                    "its job is over" if job.get("ended") else
+                    "make sure its job is gone (salt-run jobs.active)")
+            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); {seen}; {gone}; "
+                              "the record marks the switch as stopped so states change nothing. Decide the "
+                              f"master — {old} if it is the only writable one, otherwise the server whose "
+                              "gtid_binlog_pos is furthest (salt 'db*' mysqlrepl.status) — then salt-run "
                               "mysqlrepl.record_set master=<it>")
     ret["timings"]["block_ms"] = crit.get("block_ms")
     if crit["outcome"] != "promoted":
@@ -934,9 +964,16 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
             continue
         kw = {"master": new, "switch_jid": jid}
         if name == old:
+            if not crit.get("pos"):
+                # the block's answer was lost: the position read from the old master is
+                # unknown, so nothing proves it wrote nothing after it; rejoin checks that
+                problems.append(f"{old} not demoted: the write block's answer was lost, so its position at "
+                                f"read_only time is unknown; it stays read-only and not replicating: run "
+                                f"salt-run mysqlrepl.rejoin server={old}"
+                                + (f"; and check events {events} are enabled on {new}" if events else ""))
+                continue
             kw["demote"] = True
-            if crit.get("pos"):
-                kw["demote_at"] = crit["pos"]
+            kw["demote_at"] = crit["pos"]
         else:
             kw["repoint_from"] = old
         calls[name] = (srv["minion"], "mysqlrepl.replication_apply", [name], kw)

@@ -188,6 +188,21 @@ def endpoint(name, conn, run):
     return Endpoint(name, conn, run)
 
 
+def time_limits(lock_budget, catchup_timeout, hold_s=0):
+    """
+    The write block's time limits, shared by the runner and the minion:
+    ``io_s`` bounds every answer inside it, ``deadline_s`` (from its start)
+    is the last moment the new master may be promoted, ``worst_s`` is the
+    longest it can take from its start (deadline, one promotion statement,
+    two rollback statements), and ``runner_s`` is how long the runner waits
+    for the job by default (``worst_s`` plus 20 s for connecting first).
+    """
+    io_s = int(lock_budget + catchup_timeout + hold_s + 10)
+    deadline_s = lock_budget + catchup_timeout + hold_s + 30
+    worst_s = deadline_s + 3 * io_s
+    return {"io_s": io_s, "deadline_s": deadline_s, "worst_s": worst_s, "runner_s": int(worst_s + 20)}
+
+
 def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.sleep):
     """
     Move the write role from ``old`` to ``new`` (both :class:`Endpoint`, with

@@ -8,9 +8,12 @@
 #     pillar='{"mysqlrepl": {"new_master": "db2", "topology": "production"}}'
 #
 # sync -> salt-run mysqlrepl.switch (prechecks, write block, master record;
-# then, side by side, the app minions' pillar refresh + hosts entry / app
-# config (mysqlrepl_orch:app_sls, default mysqlrepl.app) and the replicas
-# repointed and caught up) -> the app minions once more, to confirm.
+# then, side by side, the app minions' hosts entry / app config
+# (mysqlrepl_orch:app_sls, default mysqlrepl.app) and pillar refresh, and the
+# replicas repointed and caught up) -> the app minions (pillar
+# mysqlrepl_app:topology) once more, to confirm. Your own app SLS:
+#   pillar='{"mysqlrepl": {"new_master": "db2"}, "mysqlrepl_orch": {"app_sls": ["mysqlrepl.app", "myapp.db"]}}'
+
 # Every step fails hard. test=True does not run runners: see the plan with
 #   salt-run mysqlrepl.switch new_master=db2 dry_run=True
 {%- set req = salt['pillar.get']('mysqlrepl', {}) %}
@@ -20,11 +23,14 @@
 {%- set app_sls = orch.get('app_sls', ['mysqlrepl.app']) %}
 {%- if topology %}
 {%- set db_tgt = 'I@mysqlrepl:topology:' ~ topology %}
-{%- set app_tgt = 'I@mysqlrepl_app:topology:' ~ topology ~ ' or I@mysqlrepl:topology:' ~ topology %}
+{%- set app_tgt = 'I@mysqlrepl_app:topology:' ~ topology %}
 {%- else %}
 {%- set db_tgt = 'I@mysqlrepl:*' %}
-{%- set app_tgt = 'I@mysqlrepl_app:* or I@mysqlrepl:*' %}
+{%- set app_tgt = 'I@mysqlrepl_app:*' %}
 {%- endif %}
+
+{#- app minions known to the salt-master (their cached pillar): none, no app steps #}
+{%- set app_minions = salt['saltutil.runner']('cache.pillar', tgt=app_tgt, tgt_type='compound') or {} %}
 
 {%- if not new_master %}
 mysqlrepl-switch-usage:
@@ -61,6 +67,15 @@ mysqlrepl-switch:
     - require:
       - salt: mysqlrepl-sync-minions
 
+{%- if not app_minions %}
+
+mysqlrepl-apps:
+  test.succeed_without_changes:
+    - name: no app minion (pillar mysqlrepl_app:topology) to update
+    - require:
+      - salt: mysqlrepl-switch
+{%- else %}
+
 mysqlrepl-apps-pillar:
   salt.function:
     - name: saltutil.refresh_pillar
@@ -80,4 +95,5 @@ mysqlrepl-apps:
     - failhard: true
     - require:
       - salt: mysqlrepl-apps-pillar
+{%- endif %}
 {%- endif %}

@@ -427,13 +427,28 @@ def test_highstate_keeps_master_read_only_while_another_server_is_writable(switc
     assert_db1_master_db2_replica(mariadb_servers)
 
 
-def test_lost_critical_answer_job_is_killed_before_deciding(switch_ready, salt_run_cli, salt_cli, mariadb_servers):
+def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_run_cli, salt_cli,
+                                                             mariadb_servers, topology):
+    import os  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+
+    from _utils.mysqlrepl_switch import time_limits  # pylint: disable=import-outside-toplevel
+
     db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
-    # the runner stops waiting after 3 s while the critical section holds after STOP SLAVE
-    data = switch(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=60", "critical_timeout=3")
+    sw = topology["pillar"]["mysqlrepl"].get("switch", {})
+    # just long enough for the minion to start the block (it refuses a limit the block could outlast)
+    limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), 2)["worst_s"]) + 5
+    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=2", f"critical_timeout={limit}")
+    wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
+             timeout=30, what="STOP SLAVE on db2")
+    jobs = salt_cli.run("saltutil.running", minion_tgt="db2").data
+    pid = next(j["pid"] for j in jobs if j["fun"] == "mysqlrepl.switch_critical")
+    os.kill(pid, signal.SIGSTOP)  # the job hangs: no read timeout or deadline can end it
+    data = bg.result()
     job = data["critical_job"]
     assert job["killed"] is True and job["ended"] is True, job
     assert data["result"] is False and data["comment"].startswith("stopped"), data["comment"]
+    assert "was killed and is gone" in data["comment"], data["comment"]
     assert read_only(db1) == 1 and read_only(db2) == 1  # nobody writable, and it stays so
     time.sleep(2)
     assert read_only(db1) == 1 and read_only(db2) == 1
@@ -445,6 +460,16 @@ def test_lost_critical_answer_job_is_killed_before_deciding(switch_ready, salt_r
     ret = apply(salt_cli)
     assert all_ok(ret) == {}, all_ok(ret)
     assert_db1_master_db2_replica(mariadb_servers)
+
+
+def test_critical_timeout_too_short_aborts_before_any_change(switch_ready, salt_run_cli, mariadb_servers):
+    before = fingerprint(mariadb_servers)
+    data = switch(salt_run_cli, "db2", "critical_timeout=10")
+    crit = data["critical_section"]
+    assert data["result"] is False and crit["outcome"] == "aborted", data
+    assert "could outlast the runner's 10s" in crit["reason"] and crit["steps"] == [], crit
+    assert fingerprint(mariadb_servers) == before
+    assert master_of(mariadb_servers) == "db1"
 
 
 class Background:
@@ -461,7 +486,7 @@ class Background:
         self.data = switch(salt_run_cli, *args)
 
     def result(self):
-        self.thread.join(180)
+        self.thread.join(300)
         assert self.data is not None
         return self.data
 

@@ -57,7 +57,7 @@ def settle(runner, client):
 
 def test_job_over_with_a_late_answer_in_the_cache(runner):
     answer = {"outcome": "promoted", "reason": "ok", "steps": []}
-    client = Client([{}], cache={"db2": {"ret": answer, "retcode": 0}})
+    client = Client([{}], cache={"db2": {"ret": answer}})
     out = settle(runner, client)
     assert out["ended"] is True and out["killed"] is False and out["answer"] == answer
     assert "saltutil.kill_job" not in client.calls
@@ -84,8 +84,14 @@ def test_silent_minion_leaves_the_job_unknown(runner):
     assert out["ended"] is None and "may still run" in out["note"]
 
 
-def test_job_that_failed_gives_its_error_not_an_answer(runner):
-    client = Client([{}], cache={"db2": {"ret": "ERROR: boom", "retcode": 1}})
+@pytest.mark.parametrize("ret", [
+    "ERROR: boom",
+    "Passed invalid arguments to mysqlrepl.switch_critical: boom",
+    "The minion function caused an exception: Traceback ... boom",
+])
+def test_job_that_failed_gives_its_error_not_an_answer(runner, ret):
+    # Salt's job cache keeps no retcode: the text alone must tell
+    client = Client([{}], cache={"db2": {"ret": ret}})
     out = settle(runner, client)
     assert out["ended"] is True and out["answer"] is None and "boom" in out["note"]
 

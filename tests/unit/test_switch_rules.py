@@ -27,6 +27,14 @@ def test_position_reached():
     assert sw.position_reached("", "")
 
 
+def test_time_limits_cover_the_block_and_its_rollback():
+    lim = sw.time_limits(1, 5)
+    assert lim["io_s"] == 16 and lim["deadline_s"] == 36
+    # past the deadline: one promotion statement and two rollback statements, each bounded by io_s
+    assert lim["worst_s"] == 36 + 3 * 16 and lim["runner_s"] > lim["worst_s"]
+    assert sw.time_limits(1, 5, hold_s=10)["worst_s"] > lim["worst_s"]
+
+
 def test_purged_domains():
     # the master's oldest binary log starts after 0-11-100 (and 1-12-7)
     start = "0-11-100,0-12-40,1-12-7"
