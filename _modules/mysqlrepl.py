@@ -1242,7 +1242,8 @@ def _peers_read_only(cfg, srv):
     names of servers that are writable, and ``"name: error"`` for those that
     could not be asked (asked in parallel).
     """
-    connect_tls, closing = _u("mysqlrepl_db.connect_tls"), _u("mysqlrepl_db.closing")
+    # loader functions fetched here: the threads below have no loader context
+    connect_tls, closing, run = _u("mysqlrepl_db.connect_tls"), _u("mysqlrepl_db.closing"), _u("mysqlrepl_db.run")
     select_ro = _sql("SELECT_READ_ONLY")
 
     def ask(peer):
@@ -1251,7 +1252,7 @@ def _peers_read_only(cfg, srv):
             srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
             connect_timeout=3, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
         with closing(conn):
-            return int(_one(conn, select_ro)["ro"])
+            return int(run(conn, select_ro)[0]["ro"])
 
     peers = {n: p for n, p in cfg["servers"].items() if n != srv["name"]}
     writable, unknown = [], []
