@@ -419,9 +419,10 @@ def record(topology=None):  # pylint: disable=redefined-outer-name
     if rec.get("switching"):
         sw = rec["switching"]
         comment += (f"; a switch from {sw.get('from')} to {sw.get('to')} is marked {sw.get('phase')} "
-                    f"(jid {sw.get('jid')}): states leave replication alone. If no switch runs, find which "
-                    "server is writable (salt 'db*' mysqlrepl.status) and set the record with "
-                    "salt-run mysqlrepl.record_set master=<that server>")
+                    f"(jid {sw.get('jid')}): states leave replication alone. If no switch runs (salt-run "
+                    "jobs.active), look at the servers (salt 'db*' mysqlrepl.status): name the one writable "
+                    "server, or if none is writable the one whose gtid_binlog_pos is furthest, with "
+                    "salt-run mysqlrepl.record_set master=<it>")
     return {"result": True, "topology": name, "record": rec, "comment": comment}
 
 
