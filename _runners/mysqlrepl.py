@@ -1054,8 +1054,7 @@ def rejoin(server, topology=None):  # pylint: disable=redefined-outer-name
             raise SaltInvocationError(f"{server!r} is not a replica of the topology")
         with _topology_lock(cfg["topology"], f"rejoin {server}"):
             master = cfg["master"]
-            got = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.switch_facts", [n], {})
-                             for n in (server, master)}, timeout=30)
+            got = _per_server(cfg, [server, master], "mysqlrepl.switch_facts", 30)
             for name, (ok, res) in got.items():
                 if not ok:
                     raise CommandExecutionError(f"{name}: {res}")

@@ -225,8 +225,3 @@ def worst_gap(acked, start, new_server_id):
             worst = ((b - a) * 1000, a, b)
     return worst
 
-
-def block_ms(acked, start, new_server_id):
-    """The issue's block figure: :func:`worst_gap` in ms."""
-    gap = worst_gap(acked, start, new_server_id)
-    return None if gap is None else gap[0]
