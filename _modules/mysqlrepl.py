@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -148,21 +149,9 @@ def _read(path):
 
 
 def _write_file(path, text, mode=0o644, uid=None, gid=None):
-    """Atomic write with the final mode from the start."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.mysqlrepl-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        if uid is not None:
-            os.chown(tmp, uid, gid)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Atomic write with the final mode and owner from the start (``mysqlrepl_tls.write_atomic``)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _u("mysqlrepl_tls.write_atomic")(path, text, mode, uid, gid)
 
 
 # ---------------------------------------------------------------------------
@@ -308,38 +297,16 @@ def _issued_path(cfg, server, cert_id):
 
 
 def _cert_wanted(cfg, cert, info):
-    """Why an existing certificate does not fit (None when it does)."""
-    want = _u("mysqlrepl_tls.subject_string")(cert["cn"], cert["subject"])
-    if info["subject_str"] != want:
-        return f"subject is {info['subject_str']}, want {want}"
-    if sorted(info["san"]) != sorted(cert["san"]):
-        return f"subjectAltName is {', '.join(info['san']) or 'empty'}, want {', '.join(cert['san']) or 'empty'}"
-    if info["days_remaining"] <= cfg["tls"]["renew_days"]:
-        return f"expires in {info['days_remaining']:.0f} days (renew at {cfg['tls']['renew_days']})"
-    return None
+    """Why an existing certificate does not fit (None when it does): ``mysqlrepl_tls.cert_unfit``."""
+    return _u("mysqlrepl_tls.cert_unfit")(cert, info, cfg["tls"]["renew_days"])
 
 
 def _csr_fits(cert, csr_pem, key_fp=None):
-    """Does a CSR ask for exactly the subject and names pillar gives (and, if given, this key)?"""
-    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
-    csr = tls("csr_info")(csr_pem)
-    return (csr["subject_str"] == tls("subject_string")(cert["cn"], cert["subject"])
-            and sorted(csr["san"]) == sorted(cert["san"])
-            and (key_fp is None or csr["public_key_sha256"] == key_fp))
+    return _u("mysqlrepl_tls.csr_fits")(cert, csr_pem, key_fp)
 
 
 def _cert_problem(cfg, cert, pem, key_fp, ca_pem):
-    """Why a certificate cannot serve as ``cert`` (None when it can)."""
-    tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
-    info = tls("cert_info")(pem)
-    why = _cert_wanted(cfg, cert, info)
-    if why:
-        return why
-    if info["public_key_sha256"] != key_fp:
-        return "does not match the key"
-    if not ca_pem or not tls("cert_signed_by")(pem, ca_pem):
-        return "not signed by the topology CA"
-    return None
+    return _u("mysqlrepl_tls.cert_problem")(cert, pem, key_fp, ca_pem, cfg["tls"]["renew_days"])
 
 
 def sign_pending(test=False):
@@ -430,13 +397,7 @@ def _ca_from_mine(cfg):
 
 
 def _key_problem(status, srv):
-    """What is wrong with an existing key file's mode/owner (None when nothing)."""
-    wrong = []
-    if not status["mode_ok"]:
-        wrong.append(f"mode {status['mode']} (want 0600)")
-    if not status["owner_ok"]:
-        wrong.append(f"owner (want {srv['os_user']})")
-    return ", ".join(wrong) or None
+    return _u("mysqlrepl_tls.key_problem")(status, srv["os_user"])
 
 
 def _tls_problems(cfg, srv, published):
@@ -585,23 +546,6 @@ def _flush_ssl_if_running(srv):
 # server settings
 # ---------------------------------------------------------------------------
 
-_SIZE_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _live_value(value):
-    """Normalise a variable value (live or from the drop-in) for comparison: ON/OFF, sizes in bytes."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    if text.upper() in ("ON", "YES", "TRUE"):
-        return "ON"
-    if text.upper() in ("OFF", "NO", "FALSE"):
-        return "OFF"
-    if len(text) > 1 and text[:-1].isdigit() and text[-1].upper() in _SIZE_SUFFIX:
-        return str(int(text[:-1]) * _SIZE_SUFFIX[text[-1].upper()])
-    return text
-
-
 def config_check(server=None):
     """
     Compare the server's config drop-in and live variables with pillar.
@@ -620,51 +564,27 @@ def config_check(server=None):
 
 
 def _config_plan(cfg, srv):
+    """Read the drop-in and the live variables; ``mysqlrepl_settings.compare`` decides."""
     desired = _u("mysqlrepl_config.desired_settings")(cfg, srv["name"])
-    text = __utils__["mysqlrepl_config.render_dropin"](cfg, srv["name"])
-    current = _read(srv["config_file"])
-    plan = {"file": None, "live": {}, "restart": [], "running": True}
-    if current != text:
-        plan["file"] = "missing" if current is None else "differs"
+    wanted_text = _u("mysqlrepl_config.render_dropin")(cfg, srv["name"])
+    current_text = _read(srv["config_file"])
     try:
         conn = _connect(srv, connect_timeout=5)
     except CommandExecutionError as exc:
-        plan["running"] = False
-        plan["error"] = str(exc)
-        return plan
+        return {"file": None if current_text == wanted_text else ("missing" if current_text is None else "differs"),
+                "live": {}, "restart": [], "running": False, "error": str(exc)}
     names = [k for k, _ in desired]
     with _u("mysqlrepl_db.closing")(conn):
         version = _version(conn)
         live = _variables(conn, names + ["log_bin_basename", "relay_log_basename"])
         ro_stmt = _sql("variable_is_read_only")(version, names)
-        static = set()
-        if ro_stmt:
-            static = {r["name"].lower() for r in _run(conn, ro_stmt) if r["read_only"] == "YES"}
-        else:
-            static = {"log_bin", "log_slave_updates", "relay_log", "relay_log_recovery",
-                      "report_host", "report_port", "ssl_ca", "ssl_cert", "ssl_key", "bind_address"}
+        static = {r["name"].lower() for r in _run(conn, ro_stmt) if r["read_only"] == "YES"} if ro_stmt else None
+        plugin_active = True
         if version.is_mariadb:
             # the switch's precheck reads LOCK TABLES / FTWRL / BACKUP STAGE holders from it
             row = _one(conn, _sql("METADATA_LOCK_PLUGIN"))
-            if not row or row["status"] != "ACTIVE":
-                plan["plugins"] = ["metadata_lock_info"]
-    for key, want in desired:
-        if key in ("read_only",):
-            continue  # managed at runtime by role (mysqlrepl.master / mysqlrepl.replica)
-        have = live.get(key)
-        if key == "log_bin":
-            ok = have == "ON" and os.path.basename(live.get("log_bin_basename") or "") == want
-        elif key == "relay_log":
-            ok = os.path.basename(live.get("relay_log_basename") or live.get("relay_log") or "") == want
-        elif key not in live:
-            ok = False
-        else:
-            ok = _live_value(have) == _live_value(want)
-        if not ok:
-            plan["live"][key] = [have, want]
-            if key in static:
-                plan["restart"].append(key)
-    return plan
+            plugin_active = bool(row) and row["status"] == "ACTIVE"
+    return _u("mysqlrepl_settings.compare")(desired, live, static, current_text, wanted_text, plugin_active)
 
 
 def config_apply(server=None, test=False):
@@ -682,85 +602,57 @@ def config_apply(server=None, test=False):
     cfg = _cfg()
     srv = _server(server)
     plan = _config_plan(cfg, srv)
-    changes = {}
-    notes = []
-    if plan["file"]:
-        changes["config_file"] = f"{srv['config_file']} {plan['file']}"
-    if not plan["running"]:
-        return {"result": False, "changes": {},
-                "comment": f"server {srv['name']} is not reachable: {plan.get('error')}"}
-    restart = bool(plan["restart"])
-    live_set = {k: v for k, v in plan["live"].items() if k not in plan["restart"]}
-    for key, (have, want) in live_set.items():
-        changes[f"variable {key}"] = {"old": have, "new": want}
-    for plugin in plan.get("plugins", []):
-        changes[f"plugin {plugin}"] = {"old": "not loaded", "new": "loaded"}
-    if restart:
-        changes["restart"] = f"needed for {', '.join(sorted(plan['restart']))}"
-        if not srv["restart_allowed"]:
-            return {"result": False, "changes": {},
-                    "comment": (f"server {srv['name']} needs a restart for "
-                                f"{', '.join(sorted(plan['restart']))} but restart_allowed is false "
-                                f"in pillar (mysqlrepl:restart_allowed or "
-                                f"mysqlrepl:servers:{srv['name']}:restart_allowed); nothing changed")}
-    if test:
-        return {"result": None if changes else True, "changes": changes,
-                "comment": "would apply" if changes else "server settings are as pillar says"}
-    # live values first: a value the server refuses fails the state before the
-    # file is touched
-    if live_set:
-        conn = _connect(srv)
-        with _u("mysqlrepl_db.closing")(conn):
-            for key, (_have, want) in live_set.items():
+    decision = _u("mysqlrepl_settings.decide")(srv["name"], plan, srv["restart_allowed"], srv["config_file"],
+                                                test=test)
+    changes, notes = decision["changes"], []
+    for step in decision["steps"]:
+        kind = step[0]
+        if kind == "set_live":
+            set_value = _u("mysqlrepl_settings.set_value")
+            conn = _connect(srv)
+            with _u("mysqlrepl_db.closing")(conn):
+                for key, want in step[1].items():
+                    try:
+                        _run(conn, _sql("set_global")(key, set_value(want)))
+                    except CommandExecutionError as exc:
+                        raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
+                if "rpl_semi_sync_slave_enabled" in step[1]:
+                    # a running IO thread only picks the setting up when it reconnects
+                    version = _version(conn)
+                    rs = _replica_status(conn, version)
+                    if rs is not None and rs["io_running"] == "Yes":
+                        for stmt in _sql("restart_io_thread")(version):
+                            _run(conn, stmt)
+                        notes.append("replication IO thread restarted for semi-sync")
+        elif kind == "install_plugins":
+            conn = _connect(srv)
+            with _u("mysqlrepl_db.closing")(conn):
+                _run(conn, _sql("SESSION_NO_BINLOG"))
                 try:
-                    _run(conn, _sql("set_global")(key, _set_value(want)))
+                    _run(conn, _sql("INSTALL_METADATA_LOCK_PLUGIN"))
                 except CommandExecutionError as exc:
-                    raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
-            if "rpl_semi_sync_slave_enabled" in live_set:
-                # a running IO thread only picks the setting up when it reconnects
-                version = _version(conn)
-                rs = _replica_status(conn, version)
-                if rs is not None and rs["io_running"] == "Yes":
-                    for stmt in _sql("restart_io_thread")(version):
-                        _run(conn, stmt)
-                    notes.append("replication IO thread restarted for semi-sync")
-    if plan.get("plugins"):
-        conn = _connect(srv)
-        with _u("mysqlrepl_db.closing")(conn):
-            _run(conn, _sql("SESSION_NO_BINLOG"))
-            try:
-                _run(conn, _sql("INSTALL_METADATA_LOCK_PLUGIN"))
-            except CommandExecutionError as exc:
-                raise CommandExecutionError(f"INSTALL SONAME 'metadata_lock_info': {exc}") from exc
-    if plan["file"]:
-        _write_file(srv["config_file"], _u("mysqlrepl_config.render_dropin")(cfg, srv["name"]),
-                    mode=0o644)
-    if restart:
-        _restart(srv)
-        notes.append("restarted")
-        after = _config_plan(cfg, srv)
-        if after["restart"] or after["live"]:
-            return {"result": False, "changes": changes,
-                    "comment": f"after restart still different: {after['live']}"}
-    if any(k in ("ssl_ca", "ssl_cert", "ssl_key") for k in plan["live"]) or restart:
-        conn = _connect(srv)
-        with _u("mysqlrepl_db.closing")(conn):
-            have_ssl = _variables(conn, ["have_ssl"]).get("have_ssl")
-        if have_ssl != "YES":
-            return {"result": False, "changes": changes,
-                    "comment": f"TLS is not active on {srv['name']} (have_ssl={have_ssl}); "
-                               "check the server's error log for the certificate files"}
-    return {"result": True, "changes": changes,
-            "comment": ("; ".join(notes) or "applied") if changes else "server settings are as pillar says"}
-
-
-def _set_value(want):
-    norm = _live_value(want)
-    if norm in ("ON", "OFF"):
-        return 1 if norm == "ON" else 0
-    if norm.isdigit():
-        return int(norm)
-    return want
+                    raise CommandExecutionError(f"INSTALL SONAME 'metadata_lock_info': {exc}") from exc
+        elif kind == "write_file":
+            _write_file(srv["config_file"], _u("mysqlrepl_config.render_dropin")(cfg, srv["name"]), mode=0o644)
+        elif kind == "restart":
+            _restart(srv)
+            notes.append("restarted")
+            after = _config_plan(cfg, srv)
+            if after["restart"] or after["live"]:
+                return {"result": False, "changes": changes,
+                        "comment": f"after restart still different: {after['live']}"}
+        elif kind == "check_tls":
+            conn = _connect(srv)
+            with _u("mysqlrepl_db.closing")(conn):
+                have_ssl = _variables(conn, ["have_ssl"]).get("have_ssl")
+            if have_ssl != "YES":
+                return {"result": False, "changes": changes,
+                        "comment": f"TLS is not active on {srv['name']} (have_ssl={have_ssl}); "
+                                   "check the server's error log for the certificate files"}
+    comment = decision["comment"]
+    if notes and decision["result"] is True and changes:
+        comment = "; ".join(notes)
+    return {"result": decision["result"], "changes": changes, "comment": comment}
 
 
 def _restart(srv):
@@ -816,39 +708,23 @@ def users_check(server=None):
 
 
 def _users_plan(cfg, conn):
-    repl = cfg["replication"]
+    """Read the accounts; ``mysqlrepl_accounts.plan`` says what differs from pillar."""
+    repl, admin = cfg["replication"], cfg["admin"]
     version = _version(conn)
-    plan = {}
-    row = _one(conn, _sql("select_account")(repl["user"], repl["host"]))
-    want_type = _sql("expected_ssl_type")(repl["require"])
-    subject, _issuer = _want_subject(cfg)
-    if row is None:
-        plan["account"] = f"create {repl['user']}@{repl['host']} ({want_type})"
-    else:
-        if row["ssl_type"] != want_type or (subject and row["x509_subject"] != subject):
-            plan["require"] = {"old": row["ssl_type"] or "NONE", "new": want_type}
-        if version.is_mariadb and row["auth"] != _sql("native_password_hash")(repl["password"]):
-            plan["password"] = "differs (not shown)"
-        grants = " ".join(next(iter(r.values())) for r in _run(conn, _sql("show_grants")(repl["user"], repl["host"])))
-        if "REPLICATION SLAVE" not in grants.upper() and "REPLICATION REPLICA" not in grants.upper():
-            plan["grant"] = "REPLICATION SLAVE missing"
-    admin = cfg["admin"]
+
+    def account(user, host):
+        row = _one(conn, _sql("select_account")(user, host))
+        grants = _run(conn, _sql("show_grants")(user, host)) if row is not None else []
+        return row, grants
+
+    facts = {"is_mariadb": version.is_mariadb}
+    facts["repl"], facts["repl_grants"] = account(repl["user"], repl["host"])
     if admin.get("password"):
-        row = _one(conn, _sql("select_account")(admin["user"], admin["host"]))
-        if row is None:
-            plan["admin"] = f"create {admin['user']}@{admin['host']} (X509)"
-        elif row["ssl_type"] != "X509" or (
-                version.is_mariadb and row["auth"] != _sql("native_password_hash")(admin["password"])):
-            plan["admin"] = "requirements or password differ (not shown)"
-        else:
-            grants = " ".join(next(iter(r.values()))
-                              for r in _run(conn, _sql("show_grants")(admin["user"], admin["host"])))
-            if "READ_ONLY ADMIN" not in grants.upper() and version.is_mariadb:
-                plan["admin"] = "READ_ONLY ADMIN missing"
-    anonymous = _run(conn, _sql("SELECT_ANONYMOUS"))
-    if anonymous:
-        plan["anonymous"] = [f"''@{r['host']}" for r in anonymous]
-    return plan
+        facts["admin"], facts["admin_grants"] = account(admin["user"], admin["host"])
+    facts["anonymous"] = _run(conn, _sql("SELECT_ANONYMOUS"))
+    subject, _issuer = _want_subject(cfg)
+    return _u("mysqlrepl_accounts.plan")(cfg, facts, _sql("native_password_hash"),
+                                         _sql("expected_ssl_type")(repl["require"]), subject=subject)
 
 
 def users_apply(server=None, test=False):
@@ -875,7 +751,7 @@ def users_apply(server=None, test=False):
         version = _version(conn)
         _run(conn, _sql("SESSION_NO_BINLOG"))
         _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
-        if any(k in plan for k in ("account", "require", "password", "grant")):
+        if _u("mysqlrepl_accounts.recreate_replication_account")(plan):
             subject, issuer = _want_subject(cfg)
             for stmt in _sql("create_replication_user")(version, repl["user"], repl["host"],
                                                        repl["password"], repl["require"],
@@ -1000,56 +876,9 @@ def wait_for_gtid(pos, server=None, timeout=60):
         return {"server": srv["name"], "pos": pos, "seconds": round(time.monotonic() - started, 3)}
 
 
-def _desired_link(cfg, srv):
-    master = cfg["servers"][cfg["master"]]
-    files = srv["tls_files"]
-    return {
-        "host": master["address"],
-        "port": master["port"],
-        "user": cfg["replication"]["user"],
-        "ssl_ca": files["ca"],
-        "ssl_cert": srv["replication_cert"]["cert"],
-        "ssl_key": srv["replication_cert"]["key"],
-        "ssl_verify_server_cert": "Yes" if cfg["tls"]["verify_server_cert"] else "No",
-        "using_gtid": "Slave_Pos",
-        "connect_retry": cfg["replication"]["connect_retry"],
-    }
-
-
-def _link_diff(want, have):
-    diff = {}
-    for key, value in want.items():
-        if str(have.get(key)) != str(value):
-            diff[key] = {"old": have.get(key), "new": value}
-    if have.get("ssl_allowed") != "Yes":
-        diff["ssl"] = {"old": have.get("ssl_allowed"), "new": "Yes"}
-    return diff
-
-
 def _topology_conflict(cfg, srv, rs, repoint_from=None):
-    """
-    Refuse when the live topology is not the one pillar describes.
-    ``repoint_from``: a switch moves replicas of that (old) master.
-    """
-    master = cfg["servers"][cfg["master"]]
-    if srv["name"] == cfg["master"]:
-        if rs is not None:
-            return (f"pillar says {srv['name']} is the master, but it replicates from "
-                    f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
-                    "refusing to repoint anything (fix mysqlrepl:master or the servers)")
-        return None
-    if repoint_from is not None and rs is not None:
-        prev = cfg["servers"][repoint_from]
-        if (rs["host"], rs["port"]) == (prev["address"], prev["port"]):
-            return None
-    if rs is not None and (rs["host"], rs["port"]) != (master["address"], master["port"]):
-        known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
-        who = known.get((rs["host"], rs["port"]), "a server outside the topology")
-        return (f"{srv['name']} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
-                f"master is {master['name']} ({master['address']}:{master['port']}): the topology was "
-                "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
-                "switch was intended)")
-    return None
+    """The refusal text when the live topology differs from pillar (``mysqlrepl_replication``)."""
+    return _u("mysqlrepl_replication.topology_conflict")(cfg, srv, rs, repoint_from=repoint_from)
 
 
 def replication_check(server=None):
@@ -1105,133 +934,76 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
         if master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {master!r}")
         cfg = dict(cfg, master=master)
-    switching = cfg.get("switching")
-    if switching and switch_jid != switching.get("jid"):
-        return {"result": False, "changes": {},
-                "comment": (f"a switch from {switching.get('from')} to {switching.get('to')} is in progress "
-                            f"(jid {switching.get('jid')}, since {switching.get('since')}): replication is "
-                            "left alone until it ends; if it died, `salt-run mysqlrepl.record` says what to do")}
+    refusal = _u("mysqlrepl_replication.switching_refusal")(cfg.get("switching"), switch_jid)
+    if refusal:
+        return {"result": False, "changes": {}, "comment": refusal}
     srv = _server(server)
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
         version = _version(conn)
-        variables = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state",
-                                      "have_ssl"])
-        rs = _replica_status(conn, version)
-        conflict = _topology_conflict(cfg, srv, rs, repoint_from=repoint_from)
-        if conflict:
-            return {"result": False, "changes": {}, "comment": conflict}
+        facts = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state"])
+        facts["rs"] = rs = _replica_status(conn, version)
+        guard = None
         if srv["name"] == cfg["master"]:
-            if variables["read_only"] == "OFF":
-                return {"result": True, "changes": {}, "comment": f"{srv['name']} is the writable master"}
-            changes = {"read_only": {"old": "ON", "new": "OFF"}}
-            if switch_jid is None:
+            if (_u("mysqlrepl_replication.needs_master_guard")(cfg, srv, facts["read_only"], switch_jid)
+                    and not _topology_conflict(cfg, srv, rs)):
                 # a highstate about to make a master writable: the record must
                 # still name it, and no other server may be writable
                 stale = _record_moved(srv["name"])
                 writable, unknown = ([], []) if stale else _peers_read_only(cfg, srv)
-                if stale or writable or unknown:
-                    return {"result": False, "changes": {}, "comment": stale or (
-                        f"{', '.join(writable)} writable: {srv['name']} (master of record) stays read-only, "
-                        "never two writable masters; make it read-only, or if it took writes as master "
-                        "see `salt-run mysqlrepl.record`" if writable else
-                        f"{srv['name']} (master of record) stays read-only: cannot tell whether another server "
-                        f"is writable ({'; '.join(unknown)}); bring it back, or remove a server that is gone "
-                        "from mysqlrepl:servers")}
-            if test:
-                return {"result": None, "changes": changes,
-                        "comment": f"{srv['name']} (master of record) would be made writable"}
-            _run(conn, _sql("set_read_only")(False))
-            return {"result": True, "changes": changes, "comment": f"{srv['name']} made writable"}
-        # replica
-        changes = {}
-        threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
-        if variables["read_only"] != "ON":
-            if not threads_ok and (rs is not None or variables.get("gtid_slave_pos") or seeded or demote):
-                # writable and not replicating: it acts as a master. Demoting it
-                # here could strand writes; only the switch does that, read-only first.
-                return {"result": False, "changes": {},
-                        "comment": (f"{srv['name']} is writable and not replicating (it acts as a master) "
-                                    f"but the master of record is {cfg['master']}: refusing to demote it; "
-                                    "if a switch was interrupted, `salt-run mysqlrepl.record` says what to do")}
-            changes["read_only"] = {"old": variables["read_only"], "new": "ON"}
-        want = _desired_link(cfg, srv)
-        if demote and demote_at is not None and rs is None:
-            parse = _u("mysqlrepl_switch.parse_gtid_list")
-            if parse(variables.get("gtid_binlog_pos")) != parse(demote_at):
-                # an account that bypasses read_only wrote after the switch read the
-                # position: demoting would keep those rows here only
-                return {"result": False, "changes": {},
-                        "comment": (f"{srv['name']} wrote past the switch's position {demote_at} (now "
-                                    f"{variables.get('gtid_binlog_pos')}): not demoted; those transactions "
-                                    f"are not on {cfg['master']}. Reconcile them, then `salt-run "
-                                    f"mysqlrepl.rejoin server={srv['name']}` (or re-seed it)")}
-        if rs is None:
-            own = [k for k in _u("mysqlrepl_switch.parse_gtid_list")(variables.get("gtid_binlog_state"))
-                   if k[1] == srv["server_id"]]
-            if (not demote and not seeded and version.is_mariadb and own
-                    and not _u("mysqlrepl_switch.position_reached")(variables.get("gtid_slave_pos"),
-                                                                     variables.get("gtid_binlog_pos"))):
-                return {"result": False, "changes": {},
-                        "comment": (f"{srv['name']} replicates from nobody and has transactions of its own "
-                                    f"({variables.get('gtid_binlog_pos')}): it was a master. Check it has "
-                                    f"nothing {cfg['master']} lacks, then `salt-run mysqlrepl.rejoin "
-                                    f"server={srv['name']}`; nothing changed")}
-            if not variables.get("gtid_slave_pos") and not seeded and not demote:
-                return {"result": False, "changes": {},
-                        "comment": (f"{srv['name']} has never been seeded from {cfg['master']}: "
-                                    f"run salt-run state.orchestrate mysqlrepl.orch.setup "
-                                    f"(or salt-run mysqlrepl.seed replica={srv['name']}); nothing changed")}
-            diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} TLS verified, GTID"
-                                                 + (" (demoted, keeps its GTIDs)" if demote else "")}}
+                guard = {"stale": stale, "writable": writable, "unknown": unknown}
         else:
-            diff = _link_diff(want, rs)
-        enabled_events = [e for e in _run(conn, _sql("EVENTS")) if e["status"] == "ENABLED"]
-        if enabled_events:
-            changes["events"] = {"old": [f"{e['db']}.{e['name']} ENABLED" for e in enabled_events],
-                                 "new": "DISABLE ON SLAVE"}
-        hb = None
-        if rs is not None:
-            hb_row = _run(conn, _sql("SLAVE_HEARTBEAT_PERIOD"))
-            hb = float(hb_row[0]["Value"]) if hb_row else None
-            if hb is not None and abs(hb - float(cfg["replication"]["heartbeat_period"])) > 0.001:
-                diff["heartbeat_period"] = {"old": hb, "new": cfg["replication"]["heartbeat_period"]}
-        if rs is not None and (rs["last_io_errno"] == 1045
-                               or _link_password_stale(srv, cfg["replication"]["password"])):
-            diff["password"] = "differs from pillar (not shown): re-sending credentials"
-        changes.update(diff)
-        if not diff and not threads_ok:
-            changes["threads"] = {"old": _threads_text(rs), "new": "IO Yes, SQL Yes"}
-        if test:
-            return {"result": None if changes else True, "changes": changes,
-                    "comment": (f"would fix {', '.join(sorted(changes))} (now: {_threads_text(rs)})" if changes
-                                else f"replicates from {cfg['master']} as pillar says")}
-        if "read_only" in changes:
-            _run(conn, _sql("set_read_only")(True))
-        if enabled_events:
-            _run(conn, _sql("SESSION_NO_BINLOG"))
-            for event in enabled_events:
-                _run(conn, _sql("alter_event")(event["db"], event["name"], False))
-        if diff:
-            _run(conn, _sql("stop_replica")(version))
-            _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
-            _run(conn, _sql("change_master")(
-                version, want["host"], want["port"], want["user"], cfg["replication"]["password"],
-                want["ssl_ca"], want["ssl_cert"], want["ssl_key"],
-                verify_server_cert=cfg["tls"]["verify_server_cert"],
-                connect_retry=cfg["replication"]["connect_retry"],
-                heartbeat_period=cfg["replication"]["heartbeat_period"],
-                demote=demote and rs is None,
-            ))
-        if diff or not threads_ok:
-            _run(conn, _sql("start_replica")(version))
-            ok, rs = _wait_threads(conn, version, cfg["replication"]["wait_timeout"])
-            if not ok:
-                return {"result": False, "changes": changes,
-                        "comment": f"replication does not run: {_threads_text(rs)}"}
-        return {"result": True, "changes": changes,
-                "comment": (f"replicates from {cfg['master']}: " + ", ".join(sorted(changes)) + " fixed"
-                            if changes else f"replicates from {cfg['master']} as pillar says")}
+            parse = _u("mysqlrepl_switch.parse_gtid_list")
+            own = [k for k in parse(facts.get("gtid_binlog_state")) if k[1] == srv["server_id"]]
+            facts["was_master"] = bool(
+                rs is None and version.is_mariadb and own
+                and not _u("mysqlrepl_switch.position_reached")(facts.get("gtid_slave_pos"),
+                                                               facts.get("gtid_binlog_pos")))
+            facts["wrote_past"] = (demote_at is not None
+                                   and parse(facts.get("gtid_binlog_pos")) != parse(demote_at))
+            facts["enabled_events"] = [e for e in _run(conn, _sql("EVENTS")) if e["status"] == "ENABLED"]
+            facts["heartbeat"] = None
+            facts["password_stale"] = None
+            if rs is not None:
+                hb_row = _run(conn, _sql("SLAVE_HEARTBEAT_PERIOD"))
+                facts["heartbeat"] = float(hb_row[0]["Value"]) if hb_row else None
+                facts["password_stale"] = _link_password_stale(srv, cfg["replication"]["password"])
+        plan = _u("mysqlrepl_replication.plan")(
+            cfg, srv, facts, test=test, seeded=seeded, demote=demote, demote_at=demote_at,
+            repoint_from=repoint_from, switch_jid=switch_jid, guard=guard)
+        ret = {k: plan[k] for k in ("result", "changes", "comment")}
+        for action in plan["actions"]:
+            kind = action[0]
+            if kind == "read_only":
+                _run(conn, _sql("set_read_only")(action[1]))
+            elif kind == "disable_events":
+                _run(conn, _sql("SESSION_NO_BINLOG"))
+                for event in action[1]:
+                    _run(conn, _sql("alter_event")(event["db"], event["name"], False))
+            elif kind == "stop":
+                _run(conn, _sql("stop_replica")(version))
+            elif kind == "change_master":
+                want = action[1]["want"]
+                _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
+                _run(conn, _sql("change_master")(
+                    version, want["host"], want["port"], want["user"], want["ssl_ca"],
+                    want["ssl_cert"], want["ssl_key"],
+                    verify_server_cert=cfg["tls"]["verify_server_cert"],
+                    connect_retry=cfg["replication"]["connect_retry"],
+                    heartbeat_period=cfg["replication"]["heartbeat_period"],
+                    demote=action[1]["demote"],
+                ))
+            elif kind == "password":
+                _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
+                _run(conn, _sql("change_master_password")(version, cfg["replication"]["password"],
+                                                          cfg["replication"]["heartbeat_period"]))
+            elif kind == "start":
+                _run(conn, _sql("start_replica")(version))
+                ok, rs = _wait_threads(conn, version, cfg["replication"]["wait_timeout"])
+                if not ok:
+                    return {"result": False, "changes": ret["changes"],
+                            "comment": f"replication does not run: {_threads_text(rs)}"}
+        return ret
 
 
 def _peers_read_only(cfg, srv):
@@ -1289,15 +1061,7 @@ def _record_moved(name):
 
 def _threads_text(rs):
     """``IO Yes, SQL No (1062: Duplicate entry ...)`` for comments."""
-    if not rs:
-        return "no replication configured"
-    text = f"IO {rs['io_running']}"
-    if rs["last_io_errno"]:
-        text += f" ({rs['last_io_errno']}: {rs['last_io_error']})"
-    text += f", SQL {rs['sql_running']}"
-    if rs["last_sql_errno"]:
-        text += f" ({rs['last_sql_errno']}: {rs['last_sql_error']})"
-    return text
+    return _u("mysqlrepl_replication.threads_text")(rs)
 
 
 def _link_password_stale(srv, password):
@@ -1627,7 +1391,8 @@ def unlock(server=None):
 def dump(path, server=None, databases=None):
     """
     Seed 002's "dump the databases": mariadb-dump of a server to ``path``
-    (0600) with the GTID position (``--master-data=1 --gtid``) in a single
+    (a new file, 0600, owned by the minion's user, replacing any file there
+    only once the dump succeeded) with the GTID position (``--master-data=1 --gtid``) in a single
     consistent transaction. Credentials go through a private option file.
 
     CLI Example:
@@ -1643,15 +1408,26 @@ def dump(path, server=None, databases=None):
                  "--triggers", "--hex-blob"]
     argv_tail += ["--databases", *databases] if databases else ["--all-databases"]
     started = time.monotonic()
-    with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            proc = subprocess.run(
-                ["mariadb-dump", f"--defaults-extra-file={optfile}", *argv_tail],
-                stdout=out, stderr=subprocess.PIPE, check=False,
-            )
-    if proc.returncode != 0:
-        raise CommandExecutionError(f"mariadb-dump failed: {proc.stderr.decode(errors='replace').strip()}")
+    # A new private file beside the target, renamed over it once the dump is
+    # complete: an existing file at ``path`` keeps neither its mode nor its owner
+    # (a dump of mysql.* carries password hashes), and a failed dump leaves
+    # whatever was there untouched.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".mysqlrepl-tmp", dir=directory)
+    try:
+        with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
+            with os.fdopen(fd, "wb") as out:
+                proc = subprocess.run(
+                    ["mariadb-dump", f"--defaults-extra-file={optfile}", *argv_tail],
+                    stdout=out, stderr=subprocess.PIPE, check=False,
+                )
+        if proc.returncode != 0:
+            raise CommandExecutionError(f"mariadb-dump failed: {proc.stderr.decode(errors='replace').strip()}")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return {"path": path, "bytes": os.path.getsize(path), "seconds": round(time.monotonic() - started, 3)}
 
 

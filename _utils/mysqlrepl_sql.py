@@ -187,12 +187,11 @@ def stop_replica(version):
     return ("STOP REPLICA", None)
 
 
-def _source_options(prefix, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+def _source_options(prefix, host, port, user, ssl_ca, ssl_cert, ssl_key,
                     verify_server_cert, connect_retry, heartbeat_period):
     """``(option, value)`` pairs with every TLS option, spelled with ``prefix`` (MASTER / SOURCE)."""
     return [
-        (f"{prefix}_HOST", host), (f"{prefix}_PORT", int(port)),
-        (f"{prefix}_USER", user), (f"{prefix}_PASSWORD", password),
+        (f"{prefix}_HOST", host), (f"{prefix}_PORT", int(port)), (f"{prefix}_USER", user),
         (f"{prefix}_SSL", 1), (f"{prefix}_SSL_CA", ssl_ca), (f"{prefix}_SSL_CAPATH", ""),
         (f"{prefix}_SSL_CERT", ssl_cert), (f"{prefix}_SSL_KEY", ssl_key),
         (f"{prefix}_SSL_CIPHER", ""), (f"{prefix}_SSL_CRL", ""), (f"{prefix}_SSL_CRLPATH", ""),
@@ -202,7 +201,7 @@ def _source_options(prefix, host, port, user, password, ssl_ca, ssl_cert, ssl_ke
     ]
 
 
-def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+def change_master(version, host, port, user, ssl_ca, ssl_cert, ssl_key,
                   verify_server_cert=True, connect_retry=5, heartbeat_period=2,
                   use_gtid="slave_pos", demote=False):
     """
@@ -210,6 +209,13 @@ def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key
 
     Every MASTER_SSL_* option is always sent: ``RESET SLAVE ALL`` does not
     forget SSL options in memory, so an omitted option would keep a stale value.
+
+    The password is never part of this statement: a running statement's text, literals
+    included, is shown by SHOW PROCESSLIST, information_schema.PROCESSLIST and
+    performance_schema to any account with PROCESS (resp. SELECT on
+    performance_schema), and MariaDB does not mask it. Send it, only when the
+    link is new or the password changed, with :func:`change_master_password`,
+    the one statement that carries it. Omitted options keep their value.
     """
     if version.is_mariadb:
         verb, prefix = "CHANGE MASTER TO", "MASTER"
@@ -223,10 +229,28 @@ def change_master(version, host, port, user, password, ssl_ca, ssl_cert, ssl_key
     else:
         verb, prefix = "CHANGE REPLICATION SOURCE TO", "SOURCE"
         tail = ", SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1"
-    opts = _source_options(prefix, host, port, user, password, ssl_ca, ssl_cert, ssl_key,
+    opts = _source_options(prefix, host, port, user, ssl_ca, ssl_cert, ssl_key,
                            verify_server_cert, connect_retry, heartbeat_period)
     sql = f"{verb} " + ", ".join(f"{k} = %s" for k, _ in opts) + tail
     return (sql, tuple(v for _, v in opts))
+
+
+def change_master_password(version, password, heartbeat_period):
+    """
+    The only statement that carries the replication password, with nothing else
+    in it but the heartbeat period (a CHANGE MASTER without MASTER_HEARTBEAT_PERIOD
+    resets it to slave_net_timeout/2; every other option keeps its value), so
+    the one text a PROCESS holder could catch while it runs (~1.5 ms) is
+    ``CHANGE MASTER TO MASTER_PASSWORD = '…', MASTER_HEARTBEAT_PERIOD = …``.
+    Sent only for a new link or a changed password (a repointed link keeps the
+    one it has).
+    """
+    if version.is_mariadb or version.number < (8, 0, 23):
+        prefix, verb = "MASTER", "CHANGE MASTER TO"
+    else:
+        prefix, verb = "SOURCE", "CHANGE REPLICATION SOURCE TO"
+    return (f"{verb} {prefix}_PASSWORD = %s, {prefix}_HEARTBEAT_PERIOD = %s",
+            (password, float(heartbeat_period)))
 
 
 def reset_replica_all(version):

@@ -6,49 +6,41 @@ environment and the event listener records the master's event bus (the
 secrets tests read both).
 """
 
-import os
-import threading
 import time
 
 import pytest
 
+from tests.support.secrets import ProcSampler, ServerSampler
 from tests.support.topology import ADMIN_PASSWORD, PASSWORD, build_pillar
 
 
-class ProcSampler(threading.Thread):
-    """Samples /proc/*/cmdline and /proc/*/environ every few ms, keeping hits for ``needle``."""
+def pytest_collection_modifyitems(items):
+    """Tests marked ``after_all`` run last: they check what the whole session did (secrets)."""
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
 
-    def __init__(self, needle):
-        super().__init__(daemon=True)
-        self.needle = needle.encode()
-        self.stop_event = threading.Event()
-        self.samples = 0
-        self.hits = []
 
-    def run(self):
-        while not self.stop_event.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                for part in ("cmdline", "environ"):
-                    try:
-                        with open(f"/proc/{pid}/{part}", "rb") as handle:
-                            data = handle.read()
-                    except OSError:
-                        continue
-                    if self.needle in data:
-                        self.hits.append((pid, part, data[:200]))
-            self.samples += 1
-            time.sleep(0.005)
-
-    def stop(self):
-        self.stop_event.set()
-        self.join(5)
+@pytest.fixture(scope="session")
+def secrets_watch(mariadb_servers):
+    """
+    Watches argv/environ of every process and what PROCESS holders see on every
+    server (processlist, performance_schema) for the replication password, from
+    before the setup orchestration to the end of the session: seeds, switches,
+    rotations included. ``test_secrets.py``'s last test reads the hits.
+    """
+    procs = ProcSampler(PASSWORD)
+    servers = ServerSampler(PASSWORD, mariadb_servers)
+    procs.start()
+    servers.start()
+    try:
+        yield {"procs": procs, "servers": servers}
+    finally:
+        procs.stop()
+        servers.stop()
 
 
 @pytest.fixture(scope="session")
 def topology(mariadb_servers, harness_root, write_pillar, salt_run_cli, salt_minions, salt_master,
-             event_listener):
+             event_listener, secrets_watch):
     """Bring the topology up with the setup orchestration (once per session)."""
     for srv in mariadb_servers.values():
         # an admin login for the wrong-password test, made before the formula runs
@@ -56,15 +48,12 @@ def topology(mariadb_servers, harness_root, write_pillar, salt_run_cli, salt_min
         srv.query("GRANT ALL ON *.* TO 'opadmin'@'localhost' WITH GRANT OPTION")
     pillar = build_pillar(mariadb_servers, harness_root)
     write_pillar(pillar)
-    sampler = ProcSampler(PASSWORD)
-    sampler.start()
+    procs = secrets_watch["procs"]
+    samples_before = procs.samples
     started = time.monotonic()
     since = time.time()
-    try:
-        ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
-    finally:
-        sampler.stop()
+    ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
     elapsed = time.monotonic() - started
     events = [(e.tag, e.full_data) for e in event_listener.get_events([(salt_master.id, "*")], after_time=since)]
-    return {"pillar": pillar, "setup_ret": ret, "setup_s": elapsed, "proc_samples": sampler.samples,
-            "proc_hits": sampler.hits, "events": events}
+    return {"pillar": pillar, "setup_ret": ret, "setup_s": elapsed,
+            "proc_samples": procs.samples - samples_before, "proc_hits": list(procs.hits), "events": events}

@@ -1,7 +1,12 @@
 """
 The replication password appears nowhere: state output, master/minion logs at
 debug level, the job cache, the event bus, any process's argv or environment
-sampled during the setup run, the servers' general logs, binary and relay logs.
+sampled during the whole session (setup, seeds, switches, rotations), the
+servers' general logs, binary and relay logs; and what an account with PROCESS
+sees on a server (processlist, performance_schema) only ever shows it in the one
+statement that must carry it (``CHANGE MASTER TO MASTER_PASSWORD = …``, sent
+alone, for a new link or a changed password: MariaDB shows a running
+statement's literals to PROCESS holders and has no way to mask them).
 
 Not searched, by design: the pillar source file, the master's minion data cache
 (Salt's own pillar store) and MariaDB's master.info in the (0700) datadir, which
@@ -10,6 +15,8 @@ keeps the replication password in clear (a MariaDB fact, see README).
 
 import os
 import pathlib
+import pwd
+import re
 import stat
 
 import pytest
@@ -87,3 +94,51 @@ def test_datadir_stays_private(topology, mariadb_servers):
     for name in ("db2", "db3"):
         srv = mariadb_servers[name]
         assert stat.S_IMODE(srv.datadir.stat().st_mode) & 0o077 == 0, name
+
+
+def test_dump_over_an_existing_file_is_a_new_private_file(topology, mariadb_servers, salt_cli):
+    # O_TRUNC on an existing file keeps its mode and owner: a world-readable file
+    # owned by someone else must not end up holding mysql.* password hashes
+    path = mariadb_servers["db1"].root / "old-dump.sql"
+    path.write_text("stale-dump-marker-7c1e\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    path.chmod(0o644)
+    ret = salt_cli.run("mysqlrepl.dump", str(path), "databases=mysql", minion_tgt="db1")
+    assert isinstance(ret.data, dict) and ret.data["bytes"] > 0, ret
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.getuid() and st.st_uid != nobody.pw_uid
+    text = path.read_text()
+    at = text.find("stale-dump-marker-7c1e")
+    assert at < 0, text[max(0, at - 400):at + 100]
+    assert "CREATE TABLE `global_priv`" in text
+    assert not list(path.parent.glob(f".{path.name}.*")), "temporary file left behind"
+
+
+def test_failed_dump_leaves_the_existing_file_alone(topology, mariadb_servers, salt_cli):
+    path = mariadb_servers["db1"].root / "kept-dump.sql"
+    path.write_text("previous dump\n")
+    ret = salt_cli.run("mysqlrepl.dump", str(path), "databases=no_such_db", minion_tgt="db1")
+    assert "mariadb-dump failed" in ret.stdout, ret
+    assert path.read_text() == "previous dump\n"
+    assert not list(path.parent.glob(f".{path.name}.*")), "temporary file left behind"
+
+
+# (a rotation test sets the password to PASSWORD + a suffix)
+CREDENTIAL_STATEMENT = re.compile(r"^CHANGE MASTER TO MASTER_PASSWORD = '\*\*\*[^']*', MASTER_HEARTBEAT_PERIOD = [0-9.eE+-]+$")
+
+
+@pytest.mark.after_all
+def test_the_whole_session_kept_the_password_out_of_argv_environ_and_process_lists(secrets_watch):
+    # runs last (conftest): the samplers ran from before the setup orchestration
+    # through every seed, switch and rotation of the session
+    procs, servers = secrets_watch["procs"], secrets_watch["servers"]
+    assert procs.samples > 100 and procs.hits == [], (procs.samples, procs.hits[:5])
+    assert min(servers.samples.values()) > 100 and min(servers.ps_samples.values()) > 5, (
+        servers.samples, servers.ps_samples)
+    others = [h for h in servers.hits if not CREDENTIAL_STATEMENT.match(h["text"])]
+    assert others == [], others[:10]
+    # the one statement that carries it was seen (the sampler can see it; the
+    # check above would prove nothing otherwise), only where links were made
+    assert servers.hits, "the sampler never saw the credential statement: it may see nothing at all"

@@ -59,21 +59,21 @@ def test_require_subject_quotes_and_issuer():
 
 
 def test_change_master_mariadb_sends_every_ssl_option_and_gtid():
-    stmt, args = sql.change_master(MARIADB, "10.0.0.1", 3306, "repl", "pw", "/ca", "/crt", "/key")
+    stmt, args = sql.change_master(MARIADB, "10.0.0.1", 3306, "repl", "/ca", "/crt", "/key")
     for opt in ("MASTER_SSL = %s", "MASTER_SSL_CA = %s", "MASTER_SSL_CAPATH = %s", "MASTER_SSL_CERT = %s",
                 "MASTER_SSL_KEY = %s", "MASTER_SSL_CIPHER = %s", "MASTER_SSL_CRL = %s",
                 "MASTER_SSL_CRLPATH = %s", "MASTER_SSL_VERIFY_SERVER_CERT = %s", "MASTER_CONNECT_RETRY = %s",
                 "MASTER_HEARTBEAT_PERIOD = %s"):
         assert opt in stmt
     assert stmt.endswith("MASTER_USE_GTID = slave_pos")
-    assert "pw" in args and "pw" not in stmt
+    assert "PASSWORD" not in stmt and len(args) == stmt.count("%s")
     assert stmt.count("%s") == len(args)
-    demote, _ = sql.change_master(MARIADB, "h", 1, "u", "p", "a", "b", "c", demote=True)
+    demote, _ = sql.change_master(MARIADB, "h", 1, "u", "a", "b", "c", demote=True)
     assert demote.endswith("MASTER_DEMOTE_TO_SLAVE = 1")
 
 
 def test_change_master_mysql8_uses_source_syntax():
-    stmt, args = sql.change_master(MYSQL8, "10.0.0.1", 3306, "repl", "pw", "/ca", "/crt", "/key")
+    stmt, args = sql.change_master(MYSQL8, "10.0.0.1", 3306, "repl", "/ca", "/crt", "/key")
     assert stmt.startswith("CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s")
     assert "SOURCE_SSL_VERIFY_SERVER_CERT = %s" in stmt
     assert "SOURCE_AUTO_POSITION = 1" in stmt
@@ -112,7 +112,7 @@ def test_set_global_refuses_injection():
 
 
 def test_mysql_before_8_0_23_uses_master_spelling_with_auto_position():
-    stmt, args = sql.change_master(MYSQL8_OLD, "h", 3306, "repl", "pw", "/ca", "/crt", "/key")
+    stmt, args = sql.change_master(MYSQL8_OLD, "h", 3306, "repl", "/ca", "/crt", "/key")
     assert stmt.startswith("CHANGE MASTER TO MASTER_HOST = %s")
     assert "MASTER_AUTO_POSITION = 1" in stmt and "MASTER_USE_GTID" not in stmt
     assert stmt.count("%s") == len(args)
@@ -125,3 +125,16 @@ def test_gtid_reads_and_waits_per_flavor():
     assert sql.master_gtid_wait(MYSQL8, "uuid:1-5", 3)[0].startswith("SELECT WAIT_FOR_EXECUTED_GTID_SET(")
     aliases = [re.findall(r" AS (\w+)", sql.gtid_state(v)[0]) for v in (MARIADB, MYSQL8)]
     assert aliases[0] == aliases[1] == ["binlog_pos", "binlog_state", "slave_pos", "current_pos"]
+
+
+def test_the_password_travels_alone():
+    # a running statement's text is visible to PROCESS holders: the password goes in
+    # a statement with nothing else, sent only when a link needs it
+    # (and the heartbeat period, which any CHANGE MASTER without it resets)
+    for version in (MARIADB, MYSQL8_OLD):
+        stmt, args = sql.change_master_password(version, "pw", 2)
+        assert stmt == "CHANGE MASTER TO MASTER_PASSWORD = %s, MASTER_HEARTBEAT_PERIOD = %s"
+        assert args == ("pw", 2.0)
+    stmt, args = sql.change_master_password(MYSQL8, "pw", 1)
+    assert stmt == "CHANGE REPLICATION SOURCE TO SOURCE_PASSWORD = %s, SOURCE_HEARTBEAT_PERIOD = %s"
+    assert args == ("pw", 1.0)

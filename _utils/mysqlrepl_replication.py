@@ -1,0 +1,239 @@
+"""
+Replication planning for one server: what ``mysqlrepl.replication_apply`` does,
+decided from facts the execution module has read. Nothing here talks to Salt or
+to a server; the module reads, calls :func:`plan`, and runs the returned
+actions in order.
+
+The rules, in the order :func:`plan` applies them (each is an exit, each is
+unit-tested in ``tests/unit/test_replication_plan.py``):
+
+1. While the master record shows a switch in progress, only that switch (its
+   ``switch_jid``) changes a link.
+2. The live topology must be the one pillar describes: the master of record
+   replicates from nobody; a replica replicates from the master of record (or,
+   during a switch, from the old master it is being moved from). Otherwise
+   refuse and say who replicates from whom.
+3. The master of record: writable at runtime. A highstate (no ``switch_jid``)
+   makes it writable only when the guard passed: a fresh record still names it,
+   no switch is in progress, and every other server answered that it is
+   read-only (never two writable masters).
+4. A replica that is writable and not replicating acts as a master: never
+   demoted here (only the switch demotes, read-only first).
+5. A demotion (switch) is refused when the old master wrote past the position
+   the switch captured: those transactions exist only there.
+6. A server with no link and transactions of its own that its slave position
+   does not cover was a master: refused until ``mysqlrepl.rejoin`` checked it.
+7. A server with no link and no GTID position was never seeded: not touched.
+8. Otherwise the link is made to match pillar, only what differs is changed;
+   enabled events are set DISABLE ON SLAVE; the password is sent (in a
+   statement of its own) only when the link does not hold it yet.
+
+Invariant: an exit that refuses returns no action, so nothing is half applied.
+"""
+
+VERIFIED = "TLS verified, GTID"
+
+
+def desired_link(cfg, srv):
+    """The link pillar wants for replica ``srv``, in ``normalize_replica_status`` keys."""
+    master = cfg["servers"][cfg["master"]]
+    files = srv["tls_files"]
+    return {
+        "host": master["address"],
+        "port": master["port"],
+        "user": cfg["replication"]["user"],
+        "ssl_ca": files["ca"],
+        "ssl_cert": srv["replication_cert"]["cert"],
+        "ssl_key": srv["replication_cert"]["key"],
+        "ssl_verify_server_cert": "Yes" if cfg["tls"]["verify_server_cert"] else "No",
+        "using_gtid": "Slave_Pos",
+        "connect_retry": cfg["replication"]["connect_retry"],
+    }
+
+
+def link_diff(want, have):
+    """``{key: {"old", "new"}}`` for every option of the live link ``have`` that differs."""
+    diff = {}
+    for key, value in want.items():
+        if str(have.get(key)) != str(value):
+            diff[key] = {"old": have.get(key), "new": value}
+    if have.get("ssl_allowed") != "Yes":
+        diff["ssl"] = {"old": have.get("ssl_allowed"), "new": "Yes"}
+    return diff
+
+
+def threads_text(rs):
+    """``IO Yes, SQL No (1062: Duplicate entry ...)`` for comments."""
+    if not rs:
+        return "no replication configured"
+    text = f"IO {rs['io_running']}"
+    if rs.get("last_io_errno"):
+        text += f" ({rs['last_io_errno']}: {rs['last_io_error']})"
+    text += f", SQL {rs['sql_running']}"
+    if rs.get("last_sql_errno"):
+        text += f" ({rs['last_sql_errno']}: {rs['last_sql_error']})"
+    return text
+
+
+def switching_refusal(switching, switch_jid):
+    """Rule 1: the refusal text while another switch is in progress, else ``None``."""
+    if switching and switch_jid != switching.get("jid"):
+        return (f"a switch from {switching.get('from')} to {switching.get('to')} is in progress "
+                f"(jid {switching.get('jid')}, since {switching.get('since')}): replication is "
+                "left alone until it ends; if it died, `salt-run mysqlrepl.record` says what to do")
+    return None
+
+
+def topology_conflict(cfg, srv, rs, repoint_from=None):
+    """
+    Rule 2: the refusal text when the live topology is not the one pillar
+    describes, else ``None``. ``repoint_from``: a switch moves replicas of that
+    (old) master.
+    """
+    master = cfg["servers"][cfg["master"]]
+    if srv["name"] == cfg["master"]:
+        if rs is not None:
+            return (f"pillar says {srv['name']} is the master, but it replicates from "
+                    f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
+                    "refusing to repoint anything (fix mysqlrepl:master or the servers)")
+        return None
+    if repoint_from is not None and rs is not None:
+        prev = cfg["servers"][repoint_from]
+        if (rs["host"], rs["port"]) == (prev["address"], prev["port"]):
+            return None
+    if rs is not None and (rs["host"], rs["port"]) != (master["address"], master["port"]):
+        known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
+        who = known.get((rs["host"], rs["port"]), "a server outside the topology")
+        return (f"{srv['name']} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
+                f"master is {master['name']} ({master['address']}:{master['port']}): the topology was "
+                "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
+                "switch was intended)")
+    return None
+
+
+def needs_master_guard(cfg, srv, read_only, switch_jid):
+    """Rule 3: must the module ask the record and the peers before making ``srv`` writable?"""
+    return srv["name"] == cfg["master"] and read_only != "OFF" and switch_jid is None
+
+
+def _refuse(comment):
+    return {"result": False, "changes": {}, "comment": comment, "actions": []}
+
+
+def _master_plan(cfg, srv, facts, test, switch_jid, guard):
+    name = srv["name"]
+    if facts["read_only"] == "OFF":
+        return {"result": True, "changes": {}, "comment": f"{name} is the writable master", "actions": []}
+    if switch_jid is None:
+        if guard is None:
+            raise ValueError("a highstate making the master writable needs the guard's answers")
+        stale, writable, unknown = guard.get("stale"), guard.get("writable") or [], guard.get("unknown") or []
+        if stale:
+            return _refuse(stale)
+        if writable:
+            return _refuse(f"{', '.join(writable)} writable: {name} (master of record) stays read-only, "
+                           "never two writable masters; make it read-only, or if it took writes as master "
+                           "see `salt-run mysqlrepl.record`")
+        if unknown:
+            return _refuse(f"{name} (master of record) stays read-only: cannot tell whether another server "
+                           f"is writable ({'; '.join(unknown)}); bring it back, or remove a server that is "
+                           "gone from mysqlrepl:servers")
+    changes = {"read_only": {"old": "ON", "new": "OFF"}}
+    if test:
+        return {"result": None, "changes": changes,
+                "comment": f"{name} (master of record) would be made writable", "actions": []}
+    return {"result": True, "changes": changes, "comment": f"{name} made writable",
+            "actions": [("read_only", False)]}
+
+
+def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None, repoint_from=None,
+         switch_jid=None, guard=None):
+    """
+    What to do on ``srv`` (a server dict of the validated pillar; ``cfg["master"]``
+    is the master to follow). ``facts``, read by the module from the server:
+
+    * ``read_only`` ("ON"/"OFF"), ``gtid_slave_pos``, ``gtid_binlog_pos``, ``rs``
+      (normalised SHOW SLAVE STATUS or ``None``);
+    * replicas only: ``was_master`` (no link, own transactions its slave position
+      does not cover: rule 6), ``wrote_past`` (``demote_at`` given and the binlog
+      position moved since: rule 5), ``enabled_events`` ([{"db", "name"}]),
+      ``heartbeat`` (live period, or ``None``), ``password_stale`` (``True`` /
+      ``False`` / ``None`` when master.info cannot be read).
+
+    ``guard`` (masters, when :func:`needs_master_guard`): ``{"stale": refusal text
+    or None, "writable": [names], "unknown": ["name: error"]}``.
+
+    Returns ``{"result", "changes", "comment", "actions"}``; ``actions`` in order:
+    ``("read_only", bool)``, ``("disable_events", [events])``, ``("stop",)``,
+    ``("change_master", {"want": link, "demote": bool})``, ``("password",)``,
+    ``("start",)``. After ``start`` the module waits for healthy threads and
+    fails with :func:`threads_text` if they do not run.
+    """
+    refusal = switching_refusal(cfg.get("switching"), switch_jid)
+    if refusal:
+        return _refuse(refusal)
+    rs = facts.get("rs")
+    conflict = topology_conflict(cfg, srv, rs, repoint_from=repoint_from)
+    if conflict:
+        return _refuse(conflict)
+    if srv["name"] == cfg["master"]:
+        return _master_plan(cfg, srv, facts, test, switch_jid, guard)
+
+    name, master = srv["name"], cfg["master"]
+    changes, actions = {}, []
+    threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
+    if facts["read_only"] != "ON":
+        if not threads_ok and (rs is not None or facts.get("gtid_slave_pos") or seeded or demote):
+            return _refuse(f"{name} is writable and not replicating (it acts as a master) but the master "
+                           f"of record is {master}: refusing to demote it; if a switch was interrupted, "
+                           "`salt-run mysqlrepl.record` says what to do")
+        changes["read_only"] = {"old": facts["read_only"], "new": "ON"}
+        actions.append(("read_only", True))
+    want = desired_link(cfg, srv)
+    if demote and demote_at is not None and rs is None and facts.get("wrote_past"):
+        return _refuse(f"{name} wrote past the switch's position {demote_at} (now "
+                       f"{facts.get('gtid_binlog_pos')}): not demoted; those transactions are not on "
+                       f"{master}. Reconcile them, then `salt-run mysqlrepl.rejoin server={name}` "
+                       "(or re-seed it)")
+    if rs is None:
+        if not demote and not seeded and facts.get("was_master"):
+            return _refuse(f"{name} replicates from nobody and has transactions of its own "
+                           f"({facts.get('gtid_binlog_pos')}): it was a master. Check it has nothing "
+                           f"{master} lacks, then `salt-run mysqlrepl.rejoin server={name}`; nothing changed")
+        if not facts.get("gtid_slave_pos") and not seeded and not demote:
+            return _refuse(f"{name} has never been seeded from {master}: run salt-run state.orchestrate "
+                           f"mysqlrepl.orch.setup (or salt-run mysqlrepl.seed replica={name}); nothing changed")
+        diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} {VERIFIED}"
+                         + (" (demoted, keeps its GTIDs)" if demote else "")}}
+    else:
+        diff = link_diff(want, rs)
+    events = facts.get("enabled_events") or []
+    if events:
+        changes["events"] = {"old": [f"{e['db']}.{e['name']} ENABLED" for e in events],
+                             "new": "DISABLE ON SLAVE"}
+        actions.append(("disable_events", list(events)))
+    if rs is not None:
+        hb = facts.get("heartbeat")
+        if hb is not None and abs(hb - float(cfg["replication"]["heartbeat_period"])) > 0.001:
+            diff["heartbeat_period"] = {"old": hb, "new": cfg["replication"]["heartbeat_period"]}
+        if rs.get("last_io_errno") == 1045 or facts.get("password_stale"):
+            diff["password"] = "differs from pillar (not shown): re-sending credentials"
+    changes.update(diff)
+    if not diff and not threads_ok:
+        changes["threads"] = {"old": threads_text(rs), "new": "IO Yes, SQL Yes"}
+    if test:
+        return {"result": None if changes else True, "changes": changes, "actions": [],
+                "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
+                            else f"replicates from {master} as pillar says")}
+    if diff:
+        actions += [("stop",), ("change_master", {"want": want, "demote": demote and rs is None})]
+        # the password in a statement of its own, only when the link lacks it: a new
+        # link, a changed password, or a master.info that cannot be read (then it is
+        # unknown; MySQL keeps it in a table). A repointed link keeps its password.
+        if rs is None or facts.get("password_stale") is None or "password" in diff:
+            actions.append(("password",))
+    if diff or not threads_ok:
+        actions.append(("start",))
+    return {"result": True, "changes": changes, "actions": actions,
+            "comment": (f"replicates from {master}: " + ", ".join(sorted(changes)) + " fixed"
+                        if changes else f"replicates from {master} as pillar says")}
