@@ -167,6 +167,18 @@ _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "a 
                list: "a list", float: "a number"}
 
 
+def record_path(cachedir, topology):
+    """
+    Where the master record of ``topology`` lives on the salt-master
+    (``<cachedir>/mysqlrepl/<topology>.json``, one file per topology), for the
+    runner that writes it and the ext_pillar that reads it. Refuses a name that is
+    not a topology name (it is part of a path).
+    """
+    if not isinstance(topology, str) or not NAME_RE.match(topology):
+        raise ValueError(f"invalid topology name {topology!r}")
+    return posixpath.join(cachedir, "mysqlrepl", f"{topology}.json")
+
+
 def _fail(path, message):
     raise SaltInvocationError(f"{':'.join(path)}: {message}")
 

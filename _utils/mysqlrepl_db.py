@@ -130,11 +130,6 @@ def error_text(exc):
     return str(exc)
 
 
-def error_code(exc):
-    args = getattr(exc, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
 def run(conn, statement):
     """Execute one ``(sql, args)`` pair; return all rows (list of dicts)."""
     sql, args = statement

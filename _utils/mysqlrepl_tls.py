@@ -146,16 +146,20 @@ def _read(path):
         return handle.read()
 
 
-def _write_atomic(path, data, mode, uid=None, gid=None):
+def write_atomic(path, data, mode, uid=None, gid=None):
     """
-    Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
+    Write ``data`` (bytes, or text as UTF-8) to ``path`` via a temp file in the same
+    directory and ``os.replace``; the formula's one file writer (keys, certificates,
+    config drop-ins, leases, the master record).
 
-    The temp file is created with mode 0600, then given ``mode`` and owner before it is renamed
-    into place, so readers never see partial content or looser permissions.
+    The temp file is created with mode 0600, then given ``mode`` and owner before it is
+    renamed into place, so readers never see partial content or looser permissions; the
+    file and its directory are fsynced, so the rename survives a crash.
     """
-    tmp = os.path.join(
-        os.path.dirname(path) or ".", f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp"
-    )
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -170,6 +174,11 @@ def _write_atomic(path, data, mode, uid=None, gid=None):
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _make_dir(path, mode):
@@ -371,7 +380,7 @@ def create_private_key(path, bits=2048, uid=None, gid=None):
     uid, gid = _uid(uid), _gid(gid)
     if not os.path.lexists(path):
         bits = _int_at_least(bits, "bits", MIN_BITS)
-        _write_atomic(path, _generate_key_pem(bits), 0o600, uid, gid)
+        write_atomic(path, _generate_key_pem(bits), 0o600, uid, gid)
         return True
     status = key_status(path, uid, gid)
     if not status["mode_ok"]:
@@ -630,7 +639,7 @@ def create_ca(
         os.chmod(key_path, 0o600)
         message = f'Reused Private Key: "{key_path}" '
     else:
-        _write_atomic(key_path, _generate_key_pem(bits), 0o600)
+        write_atomic(key_path, _generate_key_pem(bits), 0o600)
         message = f'Created Private Key: "{key_path}" '
     key = _load_key(key_path)
 
@@ -661,7 +670,7 @@ def create_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hash_alg)
     )
-    _write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return True, message + f'Created CA "{ca_name}": "{crt_path}"'
 
 
@@ -710,12 +719,12 @@ def create_csr(
     _make_dir(csr_dir, 0o700)
     message = ""
     if replace or not os.path.exists(key_file):
-        _write_atomic(key_file, _generate_key_pem(bits), 0o600)
+        write_atomic(key_file, _generate_key_pem(bits), 0o600)
         message = f'Created Private Key: "{key_file}" '
     else:
         create_private_key(key_file)
     pem = build_csr(key_file, CN, subject=subject, san=san, digest=digest)
-    _write_atomic(csr_file, pem.encode("ascii"), 0o644)
+    write_atomic(csr_file, pem.encode("ascii"), 0o644)
     return True, message + f'Created CSR for "{CN}": "{csr_file}"'
 
 
@@ -781,7 +790,7 @@ def create_ca_signed_cert(
         return False, f'Certificate "{filename}" already exists'
 
     pem = sign_csr(csr_pem, ca_crt, ca_key, days=days, digest=digest, usage=usage)
-    _write_atomic(crt_file, pem.encode("ascii"), 0o644)
+    write_atomic(crt_file, pem.encode("ascii"), 0o644)
     return True, f'Created Certificate for "{CN}": "{crt_file}"'
 
 
@@ -791,3 +800,55 @@ def subject_string(CN, subject=None):  # pylint: disable=invalid-name
     subject ``build_csr(key, CN, subject)`` produces.
     """
     return _name_oneline(_name(CN, subject))
+
+
+# ---------------------------------------------------------------------------
+# does what is on disk fit what pillar asks (the execution module's TLS states)
+# ---------------------------------------------------------------------------
+
+def cert_unfit(cert_spec, info, renew_days):
+    """
+    Why a certificate (``cert_info`` of it) does not fit ``cert_spec`` (a server's
+    ``certs`` entry of the validated pillar: ``cn``, ``subject``, ``san``), or is due
+    for renewal; ``None`` when it fits.
+    """
+    want = subject_string(cert_spec["cn"], cert_spec["subject"])
+    if info["subject_str"] != want:
+        return f"subject is {info['subject_str']}, want {want}"
+    if sorted(info["san"]) != sorted(cert_spec["san"]):
+        return (f"subjectAltName is {', '.join(info['san']) or 'empty'}, "
+                f"want {', '.join(cert_spec['san']) or 'empty'}")
+    if info["days_remaining"] <= renew_days:
+        return f"expires in {info['days_remaining']:.0f} days (renew at {renew_days})"
+    return None
+
+
+def csr_fits(cert_spec, csr_pem, key_fp=None):
+    """Does a CSR ask for exactly the subject and names of ``cert_spec`` (and, if given, this key)?"""
+    csr = csr_info(csr_pem)
+    return (csr["subject_str"] == subject_string(cert_spec["cn"], cert_spec["subject"])
+            and sorted(csr["san"]) == sorted(cert_spec["san"])
+            and (key_fp is None or csr["public_key_sha256"] == key_fp))
+
+
+def cert_problem(cert_spec, pem, key_fp, ca_pem, renew_days):
+    """Why the certificate ``pem`` cannot serve as ``cert_spec`` with the key ``key_fp`` (None when it can)."""
+    info = cert_info(pem)
+    why = cert_unfit(cert_spec, info, renew_days)
+    if why:
+        return why
+    if info["public_key_sha256"] != key_fp:
+        return "does not match the key"
+    if not ca_pem or not cert_signed_by(pem, ca_pem):
+        return "not signed by the topology CA"
+    return None
+
+
+def key_problem(status, os_user):
+    """What is wrong with an existing key file's mode/owner (``key_status``), or ``None``."""
+    wrong = []
+    if not status["mode_ok"]:
+        wrong.append(f"mode {status['mode']} (want 0600)")
+    if not status["owner_ok"]:
+        wrong.append(f"owner (want {os_user})")
+    return ", ".join(wrong) or None

@@ -128,3 +128,10 @@ def test_dropin_has_read_only_and_crash_safety():
     raw["servers"]["db2"]["settings"] = {"read_only": "OFF"}
     with pytest.raises(SaltInvocationError, match="managed by mysqlrepl"):
         conf.render_dropin(conf.load(raw), "db2")
+
+
+def test_record_path_takes_topology_names_only():
+    assert conf.record_path("/var/cache/salt/master", "production") == "/var/cache/salt/master/mysqlrepl/production.json"
+    for bad in ("", "../etc", "a/b", ".hidden", None, "x" * 65):
+        with pytest.raises(ValueError):
+            conf.record_path("/c", bad)

@@ -457,3 +457,41 @@ def test_no_pyopenssl_import():
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- fit with pillar
+
+
+def _spec(**over):
+    spec = {"cn": "db1", "subject": dict(SUBJECT, emailAddress="dba@example.com"),
+            "san": ["10.0.0.11", "db1.example"]}
+    spec.update(over)
+    return spec
+
+
+def test_a_certificate_that_fits_pillar(pki):
+    key_fp = tls.key_public_sha256(str(pki["key"]))
+    ca_pem = pki["ca_crt"].read_text()
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, renew_days=10) is None
+    assert tls.csr_fits(_spec(), pki["csr"], key_fp)
+
+
+def test_a_certificate_that_does_not_fit_says_why(pki, tmp_path):
+    key_fp = tls.key_public_sha256(str(pki["key"]))
+    ca_pem = pki["ca_crt"].read_text()
+    assert tls.cert_problem(_spec(cn="db2"), pki["cert"], key_fp, ca_pem, 10).startswith("subject is ")
+    assert tls.cert_problem(_spec(san=["10.0.0.11"]), pki["cert"], key_fp, ca_pem, 10).startswith(
+        "subjectAltName is 10.0.0.11, db1.example, want 10.0.0.11")
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 30) == "expires in 30 days (renew at 30)"
+    assert tls.cert_problem(_spec(), pki["cert"], "0" * 64, ca_pem, 10) == "does not match the key"
+    other_ca, _ = _make_ca(tmp_path / "other", name="other")
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, other_ca.read_text(), 10) == "not signed by the topology CA"
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, None, 10) == "not signed by the topology CA"
+    assert not tls.csr_fits(_spec(san=["db1.example"]), pki["csr"])
+    assert not tls.csr_fits(_spec(), pki["csr"], key_fp="0" * 64)
+
+
+def test_key_problem_names_mode_and_owner():
+    assert tls.key_problem({"mode_ok": True, "owner_ok": True, "mode": "0600"}, "mysql") is None
+    assert tls.key_problem({"mode_ok": False, "owner_ok": False, "mode": "0644"}, "mysql") == (
+        "mode 0644 (want 0600), owner (want mysql)")
