@@ -43,6 +43,13 @@ def _drop(*path):
     return mutate
 
 
+def _both(first, second):
+    def mutate(tree):
+        first(tree)
+        second(tree)
+    return mutate
+
+
 def _set(path, value):
     def mutate(tree):
         node = tree
@@ -62,7 +69,9 @@ BAD_PILLARS = [
     (_drop("servers", "db2", "address"), "mysqlrepl:servers:db2:address: missing required key"),
     (_set(("servers", "db1", "port"), "3306"), "mysqlrepl:servers:db1:port: must be an integer, got str"),
     (_set(("master",), "db9"), "mysqlrepl:master: unknown server 'db9'"),
-    (_set(("servers", "db2", "server_id"), 11), "mysqlrepl:servers:db2:server_id: server_id 11 collides with server db1"),
+    # both set: db1's own server_id follows MYSQLREPL_TEST_FIRST_OCTET
+    (_both(_set(("servers", "db1", "server_id"), 4242), _set(("servers", "db2", "server_id"), 4242)),
+     "mysqlrepl:servers:db2:server_id: server_id 4242 collides with server db1"),
 ]
 
 
@@ -164,8 +173,8 @@ def test_restart_only_when_pillar_allows(topology, mariadb_servers, write_pillar
 
 def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_servers, salt_cli):
     """db3 repointed to db2 by hand: the state refuses, names both, and leaves db3 where it is."""
-    db3 = mariadb_servers["db3"]
-    db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.12'", "START SLAVE")
+    db1, db2, db3 = mariadb_servers["db1"], mariadb_servers["db2"], mariadb_servers["db3"]
+    db3.session("STOP SLAVE", f"CHANGE MASTER TO MASTER_HOST='{db2.address}'", "START SLAVE")
     try:
         wait_for(lambda: (db3.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_IO_Running") == "Yes",
                  what="db3 replicating from db2")
@@ -174,11 +183,12 @@ def test_a_master_switched_by_hand_is_reported_not_repointed(topology, mariadb_s
             state = next(s for s in state_returns(ret)["db3"] if s["__id__"] == "mysqlrepl-replication")
             assert state["result"] is False and not state["changes"], state
             assert state["comment"].startswith(
-                "db3: db3 replicates from 127.0.0.12:3306 (db2) but pillar says the master is db1 (127.0.0.11:3306)")
+                f"db3: db3 replicates from {db2.address}:{db2.port} (db2) but pillar says the master is "
+                f"db1 ({db1.address}:{db1.port})")
             assert all_ok(ret).keys() == {"db3"}
-        assert db3.query("SHOW SLAVE STATUS")[0]["Master_Host"] == "127.0.0.12"
+        assert db3.query("SHOW SLAVE STATUS")[0]["Master_Host"] == db2.address
     finally:
-        db3.session("STOP SLAVE", "CHANGE MASTER TO MASTER_HOST='127.0.0.11'", "START SLAVE")
+        db3.session("STOP SLAVE", f"CHANGE MASTER TO MASTER_HOST='{db1.address}'", "START SLAVE")
     ret = apply(salt_cli)
     assert all_ok(ret) == {}, ret
 

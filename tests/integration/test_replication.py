@@ -96,7 +96,7 @@ def test_replica_refuses_a_master_whose_certificate_names_another_host(topology,
     tls1, tls3 = db1.root / "tls", db3.root / "tls"
     saved = {f: (tls1 / f).read_bytes() for f in ("server.crt", "server.key")}
     try:
-        # db1 now presents db3's certificate (valid, same CA, but for 127.0.0.13 only)
+        # db1 now presents db3's certificate (valid, same CA, but for db3's address only)
         for f in ("server.crt", "server.key"):
             (tls1 / f).write_bytes((tls3 / f).read_bytes())
         db1.query("FLUSH NO_WRITE_TO_BINLOG SSL")
@@ -218,7 +218,8 @@ def test_certificates_are_renewed_before_expiry_without_restart(topology, mariad
             assert serial(srv) != old_serial, f"{name} kept its certificate"
             assert srv.query("SELECT @@gtid_binlog_state AS g")[0]["g"] == gtid, name
         # the server presents the new certificate
-        out = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.11:3306", "-starttls", "mysql",
+        db1 = mariadb_servers["db1"]
+        out = subprocess.run(["openssl", "s_client", "-connect", f"{db1.address}:{db1.port}", "-starttls", "mysql",
                               "-CAfile", str(mariadb_servers["db1"].root / "tls" / "ca.crt")],
                              input="", capture_output=True, text=True, timeout=20)
         served = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=out.stdout,
