@@ -32,14 +32,10 @@ mysqlrepl.record``; set it by hand with ``salt-run mysqlrepl.record_set``.
 import json
 import logging
 import os
-import re
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mysqlrepl"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 def __virtual__():
     return __virtualname__
@@ -47,7 +43,8 @@ def __virtual__():
 
 def record_path(opts, topology):
     """Where the record of ``topology`` lives on the salt-master."""
-    if not _NAME_RE.match(topology or ""):
+    # the topology-name rule of the pillar validation (_utils/mysqlrepl_config.py)
+    if not __utils__["mysqlrepl_config.valid_name"](topology):
         raise ValueError(f"invalid topology name {topology!r}")
     return os.path.join(opts["cachedir"], "mysqlrepl", f"{topology}.json")
 

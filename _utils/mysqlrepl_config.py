@@ -167,6 +167,12 @@ _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "a 
                list: "a list", float: "a number"}
 
 
+def valid_name(name):
+    """Is ``name`` a valid topology or server name? The one rule (``NAME_RE``), also used by
+    the runner and the ext_pillar for the master record's file name."""
+    return isinstance(name, str) and bool(NAME_RE.match(name))
+
+
 def _fail(path, message):
     raise SaltInvocationError(f"{':'.join(path)}: {message}")
 
