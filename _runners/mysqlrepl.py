@@ -676,10 +676,12 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
        ``mysqlrepl:switch:lock_budget``, its GTID position, MASTER_GTID_WAIT
        on the new master, STOP SLAVE, new master writable.
     4. The master record names the new master (ext_pillar: ``mysqlrepl:master``
-       and ``infra:hosts_entries:masterdb``), pillars are refreshed, the old
-       master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other replicas are
-       repointed in parallel over verified TLS with GTID; the switch waits until
-       every replica runs and has caught up.
+       and ``infra:hosts_entries:masterdb``); every db minion then runs one job
+       (``mysqlrepl.switch_followers``) in which the new master forgets its old
+       link, the old master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other
+       replicas are repointed over verified TLS with GTID, all of its servers at
+       once, and each waits until it has caught up with the new master. Then the
+       db minions' pillar is refreshed and every link is checked for TLS.
 
     Right after the record names the new master, the topology's app minions
     (pillar ``mysqlrepl_app:topology``) refresh their pillar and apply
@@ -690,8 +692,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
     ``critical_timeout``: how long to wait for the critical section's answer
-    (default: the longest the block can take, about 2 × (lock budget +
-    catch-up timeout + hold) + 110 s; the minion aborts before changing
+    (default ``time_limits(...)["runner_s"]`` of ``_utils/mysqlrepl_switch.py``:
+    the longest the block can take plus 20 s for connecting, 4 × (lock budget +
+    catch-up timeout + hold) + 80 s; the minion aborts before changing
     anything if connecting left too little of it). When it does not
     come, the job is found (``saltutil.find_job``) and killed if it still
     runs before the servers' states decide the outcome: promoted if only the
