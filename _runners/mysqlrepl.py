@@ -235,38 +235,43 @@ def sync_minions(tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):
         salt-run mysqlrepl.sync_minions
         salt-run mysqlrepl.sync_minions tgt='I@mysqlrepl:topology:production'
     """
+    try:
+        return _sync_minions(tgt, tgt_type, timeout)
+    except (CommandExecutionError, SaltInvocationError, SaltClientError) as exc:
+        return _fail({"result": False, "current": [], "synced": {}}, str(exc))
+
+
+def _sync_minions(tgt, tgt_type="compound", timeout=30):
+    """``sync_minions``' work: ``{"result": True, "current", "synced", "seconds", "comment"}``,
+    or raises with what failed."""
     ret = {"result": True, "current": [], "synced": {}, "comment": ""}
     started = time.monotonic()
-    try:
-        served = _served_hashes()
-        expected = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
-            tgt, tgt_type, greedy=False).get("minions", []))
-        if not expected:
-            return _fail(ret, f"no minion matches {tgt!r}: nothing synced")
+    served = _served_hashes()
+    expected = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
+        tgt, tgt_type, greedy=False).get("minions", []))
+    if not expected:
+        raise CommandExecutionError(f"no minion matches {tgt!r}: nothing synced")
+    with _client() as client:
+        res = client.cmd(expected, "mysqlrepl.formula_hashes", tgt_type="list", timeout=timeout,
+                         full_return=True)
+    # a failed call's answer is its error text: not hashes, so that minion is synced
+    answers = {m: res[m].get("ret") if isinstance(res.get(m), dict) else None for m in expected}
+    stale = _plan_u("stale_minions")(served, answers)
+    ret["current"] = [m for m in expected if m not in stale]
+    if stale:
         with _client() as client:
-            res = client.cmd(expected, "mysqlrepl.formula_hashes", tgt_type="list", timeout=timeout,
-                             full_return=True)
-        # a failed call's answer is its error text: not hashes, so that minion is synced
-        answers = {m: res[m].get("ret") if isinstance(res.get(m), dict) else None for m in expected}
-        stale = _plan_u("stale_minions")(served, answers)
-        ret["current"] = [m for m in expected if m not in stale]
-        if stale:
-            with _client() as client:
-                synced = client.cmd(sorted(stale), "saltutil.sync_all", tgt_type="list",
-                                    timeout=max(timeout, 120), full_return=True)
-            failed = {}
-            for minion, why in stale.items():
-                out = synced.get(minion)
-                if not isinstance(out, dict) or out.get("retcode", 0) != 0 or not isinstance(out.get("ret"), dict):
-                    failed[minion] = (out or {}).get("ret") if isinstance(out, dict) else "did not answer"
-                else:
-                    ret["synced"][minion] = {"why": why, "synced": {k: v for k, v in out["ret"].items() if v}}
-            if failed:
-                ret["seconds"] = round(time.monotonic() - started, 3)
-                return _fail(ret, "saltutil.sync_all failed on " + "; ".join(
-                    f"{m}: {str(why)[:300]}" for m, why in sorted(failed.items())))
-    except (CommandExecutionError, SaltInvocationError, SaltClientError) as exc:
-        return _fail(ret, str(exc))
+            synced = client.cmd(sorted(stale), "saltutil.sync_all", tgt_type="list",
+                                timeout=max(timeout, 120), full_return=True)
+        failed = {}
+        for minion, why in stale.items():
+            out = synced.get(minion)
+            if not isinstance(out, dict) or out.get("retcode", 0) != 0 or not isinstance(out.get("ret"), dict):
+                failed[minion] = (out or {}).get("ret") if isinstance(out, dict) else "did not answer"
+            else:
+                ret["synced"][minion] = {"why": why, "synced": {k: v for k, v in out["ret"].items() if v}}
+        if failed:
+            raise CommandExecutionError("saltutil.sync_all failed on " + "; ".join(
+                f"{m}: {str(why)[:300]}" for m, why in sorted(failed.items())))
     ret["seconds"] = round(time.monotonic() - started, 3)
     ret["comment"] = (f"synced {', '.join(sorted(ret['synced']))}" if ret["synced"] else "nothing to sync") + (
         f"; current: {', '.join(ret['current'])}" if ret["current"] else "")
@@ -641,14 +646,19 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
             out.update(minions=[], failed={}, comment=f"no app minion (pillar mysqlrepl_app:topology: {topology})",
                        seconds=round(time.monotonic() - started, 3))
             return
-        with _client() as client:
-            # a state run compiles its own fresh pillar (the new record): apply first, then
-            # refresh the minions' in-memory pillar for pillar.get and later jobs
-            applied = client.cmd(tgt, "state.apply", [sls], tgt_type="compound", timeout=120)
+        def cmd(fun, arg, kwarg, timeout):
+            with _client() as client:
+                return client.cmd(tgt, fun, arg, kwarg=kwarg, tgt_type="compound", timeout=timeout)
+
+        # side by side: a state run compiles its own fresh pillar (the new record), and the
+        # minions' in-memory pillar learns it for pillar.get and later jobs
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            refreshing = pool.submit(cmd, "saltutil.refresh_pillar", [], {"wait": True}, 30)
+            applied = cmd("state.apply", [sls], {}, 120)
             out["applied_s"] = round(time.monotonic() - started, 3)
-            refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
-                                   timeout=30)
-        failed = {m: f"pillar refresh: {r}" for m, r in refreshed.items() if r is not True}
+            refreshed = refreshing.result()
+        failed = {m: f"pillar refresh: {refreshed.get(m, 'did not answer')}" for m in sorted(expected)
+                  if refreshed.get(m) is not True}
         failed.update({m: "did not answer" for m in sorted(expected - set(applied))})
         for minion, states in applied.items():
             if not isinstance(states, dict):
@@ -663,7 +673,7 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
 
 
 def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5,  # pylint: disable=redefined-outer-name
-           app_sls="mysqlrepl.app", critical_timeout=None):
+           app_sls="mysqlrepl.app", critical_timeout=None, sync_tgt=None):
     """
     Planned switchover: make ``new_master`` the master of the topology with a
     write block of milliseconds and no lost row.
@@ -691,6 +701,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
+    ``sync_tgt`` (the orchestration passes its db target): first, before
+    anything is read, ``sync_minions`` on those minions (synced only where
+    their modules differ); a failed sync refuses the switch, nothing changed.
     ``critical_timeout``: how long to wait for the critical section's answer
     (default ``time_limits(...)["runner_s"]`` of ``_utils/mysqlrepl_switch.py``:
     the longest the block can take plus 20 s for connecting, 4 × (lock budget +
@@ -714,6 +727,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     jid = f"switch-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d%H%M%S%f')}-{os.getpid()}"
     ret["jid"] = jid
     try:
+        if sync_tgt:
+            ret["sync"] = _sync_minions(sync_tgt, "compound")
+            ret["timings"]["sync_s"] = round(time.monotonic() - started, 3)
         cfg = _topology(topology)
         if new_master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")

@@ -9,7 +9,7 @@
 #   salt-run state.orchestrate mysqlrepl.orch.setup pillar='{"mysqlrepl_orch": {"topology": "staging"}}'
 #
 # Every step fails hard: nothing runs after a failed step.
-{%- from 'mysqlrepl/orch/sync.jinja' import sync_steps %}
+{%- from 'mysqlrepl/orch/sync.jinja' import master_stale, sync_steps %}
 {%- set orch = salt['pillar.get']('mysqlrepl_orch', {}) %}
 {%- set topology = orch.get('topology') %}
 {%- set tgt = orch.get('target', 'I@mysqlrepl:*') %}
@@ -17,7 +17,7 @@
 {%- set tgt = '( ' ~ tgt ~ ' ) and I@mysqlrepl:topology:' ~ topology %}
 {%- endif %}
 
-{{ sync_steps(tgt) }}
+{{ sync_steps(tgt, master_stale() | trim) }}
 
 mysqlrepl-preflight:
   salt.state:

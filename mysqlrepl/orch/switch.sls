@@ -18,7 +18,7 @@
 
 # Every step fails hard. test=True does not run runners: see the plan with
 #   salt-run mysqlrepl.switch new_master=db2 dry_run=True
-{%- from 'mysqlrepl/orch/sync.jinja' import sync_steps %}
+{%- from 'mysqlrepl/orch/sync.jinja' import master_stale, sync_steps %}
 {%- set req = salt['pillar.get']('mysqlrepl', {}) %}
 {%- set new_master = req.get('new_master') %}
 {%- set topology = req.get('topology') if req.get('new_master') else none %}
@@ -35,18 +35,21 @@ mysqlrepl-switch-usage:
     - failhard: true
 {%- else %}
 
-{{ sync_steps(db_tgt) }}
+{%- set stale = master_stale() | trim %}
+{{ sync_steps(db_tgt, stale, false) }}
 
 mysqlrepl-switch:
   salt.runner:
     - name: mysqlrepl.switch
     - new_master: {{ new_master | json }}
+{#- the runner syncs the db minions whose modules differ first (one runner step less) #}
+    - sync_tgt: {{ db_tgt | json }}
     - app_sls: {{ app_sls | join(',') | json }}
 {%- if topology %}
     - topology: {{ topology | json }}
 {%- endif %}
     - failhard: true
     - require:
-      - salt: mysqlrepl-sync-minions
+      - {{ 'salt' if stale else 'test' }}: mysqlrepl-sync-master
 
 {%- endif %}
