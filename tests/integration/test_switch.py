@@ -225,9 +225,9 @@ def test_orchestration_switch_apps_follow(switch_ready, salt_run_cli, salt_cli, 
             # modules already synced: neither the master nor a minion is synced again; the runner
             # updates the app minion (no second apply by the orchestration)
             steps = orch_steps(ret)
-            assert set(steps) == {"mysqlrepl-sync-master", "mysqlrepl-sync-minions", "mysqlrepl-switch"}, steps
+            assert set(steps) == {"mysqlrepl-sync-master", "mysqlrepl-switch"}, steps
             assert steps["mysqlrepl-sync-master"]["changes"] == {}, steps["mysqlrepl-sync-master"]
-            synced = steps["mysqlrepl-sync-minions"]["changes"]["return"]
+            synced = steps["mysqlrepl-switch"]["changes"]["return"]["sync"]
             assert synced["synced"] == {} and set(NAMES) <= set(synced["current"]), synced
             apps = steps["mysqlrepl-switch"]["changes"]["return"]["apps"]
             assert apps["minions"] == [app_minion.id] and apps["failed"] == {}, apps
