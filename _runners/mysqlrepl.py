@@ -728,9 +728,22 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     ret["jid"] = jid
     try:
         if sync_tgt:
-            ret["sync"] = _sync_minions(sync_tgt, "compound")
-            ret["timings"]["sync_s"] = round(time.monotonic() - started, 3)
-        cfg = _topology(topology)
+            # side by side: the minions' module check (a sync where they differ) and the
+            # topology read, read again if a minion was synced (it answered from an old module)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                reading = pool.submit(_topology, topology)
+                ret["sync"] = _sync_minions(sync_tgt, "compound")
+                ret["timings"]["sync_s"] = round(time.monotonic() - started, 3)
+                try:
+                    cfg, error = reading.result(), None
+                except (CommandExecutionError, SaltInvocationError) as exc:
+                    cfg, error = None, exc
+            if ret["sync"]["synced"]:
+                cfg = _topology(topology)
+            elif error is not None:
+                raise error
+        else:
+            cfg = _topology(topology)
         if new_master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")
         old = cfg["master"]
