@@ -185,10 +185,14 @@ def bring_up(root, topologies, pids):
     return salt
 
 
-def orchestrate(salt, sls, pillar):
+def orchestrate(salt, sls, pillar, noise=None):
     proc, data = salt.run("state.orchestrate", sls, f"pillar={json.dumps(pillar)}", timeout=1800)
     states = sb.orch_states(data)
     failures = sb.state_failures(states) if states is not None else [("orchestrate", sb._proc_tail(proc))]
+    if noise is not None:
+        # what the command printed besides its result (Salt's unclosed-client warnings, "No minions matched")
+        text = (proc.stdout or "") + (proc.stderr or "")
+        noise.update(unclosed=text.count("unclosed "), no_minions=text.count("No minions matched"))
     return states, failures
 
 
@@ -196,10 +200,11 @@ def one_switch(salt, topo, writer_a, writer_b):
     new = "db2" if topo.master == "db1" else "db1"
     new_sid = topo.servers[new].server_id
     t0 = time.time()
+    noise = {}
     states, failures = orchestrate(salt, "mysqlrepl.orch.switch",
-                                   {"mysqlrepl": {"new_master": new, "topology": topo.name}})
+                                   {"mysqlrepl": {"new_master": new, "topology": topo.name}}, noise)
     t1 = time.time()
-    run = {"to": new, "orch_s": t1 - t0, "ok": not failures}
+    run = {"to": new, "orch_s": t1 - t0, "ok": not failures, "noise": noise}
     if failures:
         run["error"] = "; ".join(f"{w}: {c}" for w, c in failures)[:600]
         return run
@@ -401,7 +406,7 @@ def main(argv=None):
                         f"{run['block_from_orch_ms']:.1f} ms; critical section {run['crit_block_ms']} ms; runner timeline "
                         f"{run['timeline']}), repoint {run['repoint_s']:.2f} s, "
                         f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s "
-                        f"(steps {run['orch_steps']}; runner {run['runner_timings']})")
+                        f"(steps {run['orch_steps']}; runner {run['runner_timings']}; printed {run['noise']})")
                 else:
                     log(f"{topo.name} run {i + 1}: FAILED {run.get('error')}")
                 time.sleep(1)
