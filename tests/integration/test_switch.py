@@ -447,9 +447,12 @@ def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_
 
     db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
     sw = topology["pillar"]["mysqlrepl"].get("switch", {})
+    # the hold outlasts finding the job (a salt CLI call takes seconds on a loaded machine: with
+    # 2 s the switch had gone on before saltutil.running saw it)
+    hold = 10
     # just long enough for the minion to start the block (it refuses a limit the block could outlast)
-    limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), 2)["worst_s"]) + 5
-    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=2", f"critical_timeout={limit}")
+    limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), hold)["worst_s"]) + 5
+    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", f"hold_s={hold}", f"critical_timeout={limit}")
     wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
              timeout=30, what="STOP SLAVE on db2")
     jobs = salt_cli.run("saltutil.running", minion_tgt="db2").data
