@@ -1728,3 +1728,144 @@ def switch_finish_new(server=None):
             _run(conn, _sql("reset_replica_all")(version))
         return {"server": srv["name"], "reset": rs is not None,
                 "pos": _one(conn, _sql("gtid_position")(version))["pos"]}
+
+
+# ---------------------------------------------------------------------------
+# after a switch's write block: one job per minion (the runner's repointing)
+# ---------------------------------------------------------------------------
+
+def _in_threads(jobs):
+    """
+    ``{key: (fun, args, kwargs)}`` run at once, one thread each, in copies of
+    this job's loader context (a bare thread has none: ``__utils__`` and
+    ``__pillar__`` would fail there). ``{key: (ok, result or error text)}``.
+    """
+    import contextvars  # pylint: disable=import-outside-toplevel
+
+    out = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {key: pool.submit(contextvars.copy_context().run, fun, *args, **kwargs)
+                   for key, (fun, args, kwargs) in jobs.items()}
+        for key, fut in futures.items():
+            try:
+                out[key] = (True, fut.result())
+            except (CommandExecutionError, SaltInvocationError) as exc:
+                out[key] = (False, str(exc))
+            except Exception as exc:  # pylint: disable=broad-except
+                out[key] = (False, f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _master_position(cfg, master, via):
+    """The new master's ``@@gtid_binlog_pos``, asked over verified TLS as the replication
+    account with ``via``'s certificate (as its replication link connects; no privilege needed)."""
+    peer = cfg["servers"][master]
+    conn = _u("mysqlrepl_db.connect_tls")(
+        peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+        via["tls_files"]["ca"], via["replication_cert"]["cert"], via["replication_cert"]["key"],
+        connect_timeout=5, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=10)
+    with _u("mysqlrepl_db.closing")(conn):
+        return _one(conn, ("SELECT @@GLOBAL.gtid_binlog_pos AS pos", None))["pos"]
+
+
+def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeout=60):
+    """
+    Used by ``salt-run mysqlrepl.switch`` right after the write block: all that
+    this minion does for the new ``master`` in one job, its servers at once
+    (one thread each), so a minion that owns several servers repoints them in
+    parallel:
+
+    * ``finish=True`` (this minion owns the new master): ``switch_finish_new``;
+    * each server of ``servers`` (``{name: replication_apply keyword arguments}``:
+      ``{"demote": True, "demote_at": pos}`` for the old master,
+      ``{"repoint_from": old}`` for a replica) follows ``master`` through
+      ``replication_apply(name, master=master, switch_jid=switch_jid, ...)``;
+    * then every server that now replicates waits (``MASTER_GTID_WAIT``, at most
+      ``ready_timeout`` s) until it has applied the new master's
+      ``@@gtid_binlog_pos`` read once they all run (from the new master's own
+      connection when local, else over verified TLS as the replication account).
+
+    Returns ``{"finish": result, "pos": pos, "servers": {name: {"apply": result,
+    "wait": result}}}`` where a failed part is ``{"error": text}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db-host mysqlrepl.switch_followers db2 switch-2026... servers='{db1: {demote: true}, db3: {repoint_from: db1}}'
+    """
+    cfg = _cfg()
+    servers = servers or {}
+    for name in servers:
+        _server(name)  # each is this minion's
+    jobs = {("apply", name): (replication_apply, [name],
+                              dict(kw or {}, master=master, switch_jid=switch_jid))
+            for name, kw in servers.items()}
+    if finish:
+        jobs[("finish", master)] = (switch_finish_new, [master], {})
+    done = _in_threads(jobs)
+    out = {"finish": None, "pos": None, "servers": {}}
+    if finish:
+        ok, fin = done[("finish", master)]
+        out["finish"] = fin if ok else {"error": fin}
+        if ok:
+            out["pos"] = fin["pos"]
+    following = []
+    for name in servers:
+        ok, res = done[("apply", name)]
+        out["servers"][name] = {"apply": res if ok else {"error": res}, "wait": None}
+        if ok and res.get("result"):
+            following.append(name)
+    if not following:
+        return out
+    if out["pos"] is None:
+        try:
+            out["pos"] = _master_position(cfg, master, cfg["servers"][following[0]])
+        except Exception as exc:  # pylint: disable=broad-except
+            for name in following:
+                out["servers"][name]["wait"] = {"error": f"cannot read {master}'s position: {exc}"}
+            return out
+    waits = _in_threads({name: (wait_for_gtid, [out["pos"]], {"server": name, "timeout": ready_timeout})
+                         for name in following})
+    for name, (ok, res) in waits.items():
+        out["servers"][name]["wait"] = res if ok else {"error": res}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# which synced modules this minion runs (the orchestrations sync only on a difference)
+# ---------------------------------------------------------------------------
+
+def formula_hashes(forms=("modules", "states", "utils")):
+    """
+    SHA-256 of every synced custom module file of this minion (what
+    ``saltutil.sync_*`` copied under ``extension_modules``), ``{"modules/x.py": hex}``;
+    ``salt-run mysqlrepl.sync_minions`` compares them with the salt-master's file
+    server and runs ``saltutil.sync_all`` only where they differ. Reads files only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.formula_hashes
+    """
+    import hashlib  # pylint: disable=import-outside-toplevel
+
+    if isinstance(forms, str):
+        forms = [f.strip() for f in forms.split(",") if f.strip()]
+    base = __opts__["extension_modules"]
+    out = {}
+    for form in forms:
+        top = os.path.join(base, form)
+        for dirpath, _dirs, files in os.walk(top):
+            for fname in files:
+                # what saltutil.sync_* copies (.py, .pyx, .so, .zip), not the loader's __pycache__
+                if "__pycache__" in dirpath or not fname.endswith((".py", ".pyx", ".so", ".zip")):
+                    continue
+                path = os.path.join(dirpath, fname)
+                digest = hashlib.sha256()
+                with open(path, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 16), b""):  # pylint: disable=cell-var-from-loop
+                        digest.update(chunk)
+                out[f"{form}/{os.path.relpath(path, top)}"] = digest.hexdigest()
+    return out

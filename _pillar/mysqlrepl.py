@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "mysqlrepl"
 
+
 def __virtual__():
     return __virtualname__
 

@@ -23,11 +23,12 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 import time
 
 import salt.client
+import salt.fileserver
+import salt.utils.hashutils
 import salt.utils.event
 import salt.utils.jid
 import salt.utils.minions
@@ -200,6 +201,83 @@ def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10):  # py
     return next(iter(found.values()))
 
 
+def _served_hashes(saltenv="base"):
+    """SHA-256 of the formula files the salt-master's file server serves under
+    ``_modules``, ``_states``, ``_utils`` (what ``saltutil.sync_*`` copies), keyed as
+    ``mysqlrepl.formula_hashes`` keys a minion's synced copies."""
+    fs = salt.fileserver.Fileserver(__opts__)
+    out = {}
+    for path in fs.file_list({"saltenv": saltenv}):
+        for form in _plan_u("sync_forms")():
+            prefix = f"_{form}/"
+            if path.startswith(prefix) and path.endswith((".py", ".pyx", ".so", ".zip")):
+                fnd = fs.find_file(path, saltenv)
+                if fnd.get("path"):
+                    out[f"{form}/{path[len(prefix):]}"] = salt.utils.hashutils.get_hash(fnd["path"], "sha256")
+    return out
+
+
+def sync_minions(tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):
+    """
+    Bring the formula's modules to the targeted minions, syncing only those
+    that need it: every minion reports the hashes of its synced modules
+    (``mysqlrepl.formula_hashes``, one job), and ``saltutil.sync_all`` runs on
+    the minions whose ``_modules``, ``_states`` or ``_utils`` files differ from
+    the file server's, or that cannot report them (the module missing, old or
+    broken). When every minion is current nothing is synced, so the modules do
+    not reload on a database host at the moment a switch starts. The
+    orchestrations run it after syncing the salt-master if its runners differ.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.sync_minions
+        salt-run mysqlrepl.sync_minions tgt='I@mysqlrepl:topology:production'
+    """
+    try:
+        return _sync_minions(tgt, tgt_type, timeout)
+    except (CommandExecutionError, SaltInvocationError, SaltClientError) as exc:
+        return _fail({"result": False, "current": [], "synced": {}}, str(exc))
+
+
+def _sync_minions(tgt, tgt_type="compound", timeout=30):
+    """``sync_minions``' work: ``{"result": True, "current", "synced", "seconds", "comment"}``,
+    or raises with what failed."""
+    ret = {"result": True, "current": [], "synced": {}, "comment": ""}
+    started = time.monotonic()
+    served = _served_hashes()
+    expected = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
+        tgt, tgt_type, greedy=False).get("minions", []))
+    if not expected:
+        raise CommandExecutionError(f"no minion matches {tgt!r}: nothing synced")
+    with _client() as client:
+        res = client.cmd(expected, "mysqlrepl.formula_hashes", tgt_type="list", timeout=timeout,
+                         full_return=True)
+    # a failed call's answer is its error text: not hashes, so that minion is synced
+    answers = {m: res[m].get("ret") if isinstance(res.get(m), dict) else None for m in expected}
+    stale = _plan_u("stale_minions")(served, answers)
+    ret["current"] = [m for m in expected if m not in stale]
+    if stale:
+        with _client() as client:
+            synced = client.cmd(sorted(stale), "saltutil.sync_all", tgt_type="list",
+                                timeout=max(timeout, 120), full_return=True)
+        failed = {}
+        for minion, why in stale.items():
+            out = synced.get(minion)
+            if not isinstance(out, dict) or out.get("retcode", 0) != 0 or not isinstance(out.get("ret"), dict):
+                failed[minion] = (out or {}).get("ret") if isinstance(out, dict) else "did not answer"
+            else:
+                ret["synced"][minion] = {"why": why, "synced": {k: v for k, v in out["ret"].items() if v}}
+        if failed:
+            raise CommandExecutionError("saltutil.sync_all failed on " + "; ".join(
+                f"{m}: {str(why)[:300]}" for m, why in sorted(failed.items())))
+    ret["seconds"] = round(time.monotonic() - started, 3)
+    ret["comment"] = (f"synced {', '.join(sorted(ret['synced']))}" if ret["synced"] else "nothing to sync") + (
+        f"; current: {', '.join(ret['current'])}" if ret["current"] else "")
+    return ret
+
+
 def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: disable=redefined-outer-name
     """
     Seed replicas from the master of record: the replica's minion listens on
@@ -305,9 +383,6 @@ def _seed(cfg, replica, force, timeout, ret):
 # one operation at a time per topology
 # ---------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
 def _state_dir():
     path = os.path.join(__opts__["cachedir"], "mysqlrepl")
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -315,7 +390,8 @@ def _state_dir():
 
 
 def _record_path(topology):  # pylint: disable=redefined-outer-name
-    if not _NAME_RE.match(topology or ""):
+    # the topology-name rule of the pillar validation (_utils/mysqlrepl_config.py)
+    if not __utils__["mysqlrepl_config.valid_name"](topology):
         raise SaltInvocationError(f"invalid topology name {topology!r}")
     return os.path.join(_state_dir(), f"{topology}.json")
 
@@ -362,20 +438,10 @@ def _read_record(topology):  # pylint: disable=redefined-outer-name
 
 
 def _write_record(topology, record):  # pylint: disable=redefined-outer-name
-    """Atomically: write a temp file, fsync, rename, fsync the directory."""
-    path = _record_path(topology)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Atomically and durably (the formula's one file writer, ``mysqlrepl_tls.write_atomic``: temp
+    file, fsync, rename, fsync of the directory), 0600."""
+    __utils__["mysqlrepl_tls.write_atomic"](_record_path(topology),
+                                            json.dumps(record, indent=1, sort_keys=True), 0o600)
 
 
 def _new_record(cfg, master, previous=None, switching=None, **extra):
@@ -526,194 +592,12 @@ def _per_server(cfg, names, fun, timeout):
 
 
 # ---------------------------------------------------------------------------
-# planned switchover
+# planned switchover (its rules: _utils/mysqlrepl_switchplan.py, its write
+# block: _utils/mysqlrepl_switch.py)
 # ---------------------------------------------------------------------------
 
-def _check(checks, name, ok, detail):
-    checks.append({"check": name, "ok": bool(ok), "detail": detail})
-
-
-def _prechecks(cfg, facts, old, new, record):
-    """
-    Every precheck, each with its name and reason; nothing is changed by any of
-    them. ``record``: the master record file's content (``{}`` when none).
-    """
-    checks = []
-    unreachable = {n: f for n, f in facts.items() if not isinstance(f, dict)}
-    _check(checks, "reachable", not unreachable,
-           "every server answered" if not unreachable else
-           "; ".join(f"{n}: {err}" for n, err in sorted(unreachable.items())))
-    # the record file itself, not the minions' copy of it
-    sw_rec = record.get("switching")
-    if sw_rec:
-        _check(checks, "no switch in progress", False,
-               f"the master record marks a switch from {sw_rec.get('from')} to {sw_rec.get('to')} as "
-               f"{sw_rec.get('phase')}: see salt-run mysqlrepl.record")
-    elif record.get("master") and record["master"] != old:
-        _check(checks, "no switch in progress", False,
-               f"the master record names {record['master']} but the minions' pillar names {old}: "
-               "refresh the db minions' pillar (saltutil.refresh_pillar)")
-    else:
-        _check(checks, "no switch in progress", True, "none")
-    if new not in facts or old not in facts or not isinstance(facts[new], dict) \
-            or not isinstance(facts[old], dict):
-        return checks
-    fn, fo = facts[new], facts[old]
-    srv_old = cfg["servers"][old]
-    sw = cfg["switch"]
-    # versions
-    flavors = {n: f["version"][0] for n, f in facts.items() if isinstance(f, dict)}
-    # 10.11: READ_ONLY ADMIN is the only bypass of read_only (SUPER still was before),
-    # MASTER_DEMOTE_TO_SLAVE exists (10.10+)
-    not_maria = sorted(n for n, f in facts.items() if isinstance(f, dict)
-                       and (flavors[n] != "mariadb" or tuple(f["version"][1][:2]) < (10, 11)))
-    newer = sorted(n for n, f in facts.items() if isinstance(f, dict) and n != new
-                   and tuple(f["version"][1][:2]) < tuple(fn["version"][1][:2]))
-    _check(checks, "versions compatible", not not_maria and not newer,
-           "all MariaDB; no replica older than the new master" if not not_maria and not newer else
-           (f"the switch supports MariaDB only (not: {', '.join(not_maria)})" if not_maria else
-            f"{', '.join(newer)} run an older MariaDB than {new} "
-            f"({'.'.join(map(str, fn['version'][1]))}): a replica must not be older than its master"))
-    # the new master replicates from the old one, over verified TLS, caught up
-    rs = fn["replica"]
-    if rs is None:
-        _check(checks, "new master replicates from the current master", False,
-               f"{new} replicates from nobody")
-    else:
-        problems = []
-        if (rs["host"], rs["port"]) != (srv_old["address"], srv_old["port"]):
-            problems.append(f"it replicates from {rs['host']}:{rs['port']}, not {old} "
-                            f"({srv_old['address']}:{srv_old['port']})")
-        if rs["io_running"] != "Yes" or rs["sql_running"] != "Yes":
-            problems.append(f"IO thread {rs['io_running']}, SQL thread {rs['sql_running']}"
-                            + (f" ({rs['last_sql_errno']}: {rs['last_sql_error']})" if rs["last_sql_errno"] else "")
-                            + (f" ({rs['last_io_errno']}: {rs['last_io_error']})" if rs["last_io_errno"] else ""))
-        if rs["ssl_allowed"] != "Yes" or rs["ssl_verify_server_cert"] != "Yes":
-            problems.append(f"TLS {rs['ssl_allowed']}, server certificate verified {rs['ssl_verify_server_cert']}")
-        if rs["using_gtid"] not in ("Slave_Pos", "Current_Pos"):
-            problems.append(f"not using GTID ({rs['using_gtid']})")
-        _check(checks, "new master replicates from the current master", not problems,
-               f"{new} replicates from {old} over verified TLS, both threads running" if not problems
-               else f"{new}: " + "; ".join(problems))
-        lag = rs["seconds_behind"]
-        lag_ok = lag is not None and int(lag) <= sw["max_lag"]
-        _check(checks, "lag", lag_ok, (f"{new} is {lag}s behind {old}" if lag is not None else
-                                       f"{new}'s lag is unknown (a replication thread is stopped)")
-               + f" (limit {sw['max_lag']}s, mysqlrepl:switch:max_lag)")
-    others = sorted(n for n in facts if n not in (old, new) and isinstance(facts[n], dict))
-    stuck = []
-    for name in others:
-        ors = facts[name]["replica"]
-        if ors is None or (ors["host"], ors["port"]) != (srv_old["address"], srv_old["port"]):
-            stuck.append(f"{name} does not replicate from {old}")
-        elif ors["io_running"] != "Yes" or ors["sql_running"] != "Yes":
-            stuck.append(f"{name}: IO thread {ors['io_running']}, SQL thread {ors['sql_running']}")
-    _check(checks, "other replicas replicate from the current master", not stuck,
-           "; ".join(stuck) if stuck else (f"replicating from {old}: {', '.join(others)}" if others else "none"))
-    # the other replicas will ask the new master for what follows their position
-    kept = fn.get("binlogs") or {}
-    purged = []
-    for name in others:
-        pos = facts[name]["gtid"]["slave_pos"]
-        for domain, have, first in __utils__["mysqlrepl_switch.purged_domains"](pos, kept.get("start_state")):
-            at = f"seq {have}" if have is not None else "no position"
-            purged.append(f"{name} is at {at} in domain {domain}, but {new}'s oldest binary log "
-                          f"{kept.get('oldest')} starts after seq {first}")
-    _check(checks, "replicas' positions still in the new master's binary logs", not purged,
-           ("none" if not others else f"{new} has no binary logs to read (see the binary log check)"
-            if not kept else f"{new} keeps the binary logs the other replicas need") if not purged else
-           "; ".join(purged) + f" ({new} purged them; they would stop with error 1236: re-seed them after the "
-           "switch, or keep binary logs longer: expire_logs_days / binlog_expire_logs_seconds)")
-    v = fn["variables"]
-    _check(checks, "binary log", v.get("log_bin") == "ON" and v.get("log_slave_updates") == "ON",
-           f"{new}: log_bin {v.get('log_bin')}, log_slave_updates {v.get('log_slave_updates')} "
-           "(both needed so the other replicas can follow it)")
-    missing = []
-    if not fn["repl_account"]:
-        missing.append(f"replication account {cfg['replication']['user']} missing on {new}")
-    if fn["tls_missing"]:
-        missing.append(f"TLS files missing on {new}: {', '.join(fn['tls_missing'])}")
-    if not cfg["admin"].get("password"):
-        missing.append("mysqlrepl:admin:password is not set (the switch's admin account)")
-    elif not fo["admin_account"]:
-        missing.append(f"admin account {cfg['admin']['user']} (REQUIRE X509) missing on {old}: "
-                       "apply mysqlrepl.server there")
-    _check(checks, "accounts and certificates", not missing, "present" if not missing else "; ".join(missing))
-    errant = __utils__["mysqlrepl_switch.errant_gtids"](fn["gtid"]["binlog_state"], fo["gtid"]["binlog_state"])
-    _check(checks, "no errant transactions", not errant,
-           f"{new}'s gtid_binlog_state holds nothing {old} lacks" if not errant else
-           f"{new} has transactions {old} never had: {', '.join(errant)} "
-           "(by MariaDB's rules: (domain, server_id) sequences beyond the old master's gtid_binlog_state)")
-    # the old master: nothing that would hold read_only up or write through it
-    if fo["variables"].get("read_only") != "OFF":
-        _check(checks, "old master writable", False, f"{old} is already read-only")
-    if fn["variables"].get("read_only") != "ON":
-        _check(checks, "new master read-only", False, f"{new} is writable: two writable servers already")
-    long_trx = [t for t in fo["transactions"]
-                if t["age_s"] >= sw["long_trx_seconds"] or t["rows_modified"] >= sw["large_trx_rows"]]
-    _check(checks, "no long or large transactions", not long_trx,
-           "none" if not long_trx else "; ".join(
-               f"{old}: connection {t['id']} ({t['user']}) open {t['age_s']}s, {t['rows_modified']} rows changed"
-               for t in long_trx) + f" (limits {sw['long_trx_seconds']}s / {sw['large_trx_rows']} rows)")
-    locks = fo["locks"]
-    lock_text = "; ".join(
-        f"connection {lk['id']} ({lk['user']}) holds {lk['mode']}"
-        + (f" on {lk['db']}.{lk['tbl']}" if lk.get("tbl") else "") for lk in locks)
-    _check(checks, "no locks holding read_only up", not locks,
-           (f"{old}: {lock_text}" if locks else "none") + (f" ({fo['locks_note']})" if fo["locks_note"] else ""))
-    leases = [n for n, f in facts.items() if isinstance(f, dict) and f["lease"]]
-    _check(checks, "no mysqlrepl.lock lease", not leases,
-           "none" if not leases else f"mysqlrepl.lock holds {', '.join(leases)}: run mysqlrepl.unlock first")
-    bypass = fo["bypass_accounts"]
-    _check(checks, "no app user can write through read_only", not bypass,
-           "none" if not bypass else f"{old}: " + "; ".join(f"{a}: {how}" for a, how in sorted(bypass.items()))
-           + " (revoke it, or list real admin accounts in mysqlrepl:switch:admin_users)")
-    bad_events = [e for e in fo["events"] if e["status"] == "ENABLED" and e["bypass"]]
-    _check(checks, "no event can write through read_only", not bad_events,
-           "none" if not bad_events else f"{old}: " + "; ".join(
-               f"event {e['db']}.{e['name']} runs as {e['definer']} ({e['bypass']})" for e in bad_events))
-    return checks
-
-
-def _events_to_move(facts, old, new):
-    """Events enabled on the old master that the new one holds disabled (replicated): enable them there."""
-    enabled = {(e["db"], e["name"]) for e in facts[old]["events"] if e["status"] == "ENABLED"}
-    return sorted([e["db"], e["name"]] for e in facts[new]["events"]
-                  if (e["db"], e["name"]) in enabled and e["status"] != "ENABLED")
-
-
-def _plan(cfg, old, new, events):
-    sw = cfg["switch"]
-    replicas = sorted(n for n in cfg["servers"] if n not in (old, new))
-    srv_new = cfg["servers"][new]
-    steps = [
-        f"{old}: SET STATEMENT lock_wait_timeout={sw['lock_budget']} FOR SET GLOBAL read_only=1 "
-        f"(writes block from here; past {sw['lock_budget']}s the switch aborts with nothing changed)",
-        f"{old}: read @@gtid_binlog_pos",
-        f"{new}: MASTER_GTID_WAIT(<that position>, {sw['catchup_timeout']})",
-        f"{new}: STOP SLAVE",
-        f"{new}: SET GLOBAL read_only=0 (writes resume on {new})",
-    ]
-    steps += [f"{new}: ALTER EVENT {db}.{name} ENABLE" for db, name in events]
-    if sw["kill_app_sessions"]:
-        steps.append(f"{old}: KILL the app sessions left (mysqlrepl:switch:kill_app_sessions)")
-    steps += [
-        f"master record: master={new} (pillar mysqlrepl:master; apps' infra:hosts_entries:masterdb="
-        f"{srv_new['address']})",
-        f"{new}: RESET SLAVE ALL",
-        f"{old}: CHANGE MASTER TO {srv_new['address']}:{srv_new['port']} (verified TLS, GTID) "
-        "MASTER_DEMOTE_TO_SLAVE=1; START SLAVE; enabled events DISABLE ON SLAVE",
-    ]
-    steps += [f"{r}: CHANGE MASTER TO {srv_new['address']}:{srv_new['port']} (verified TLS, GTID slave_pos); "
-              "START SLAVE" for r in replicas]
-    steps.append(f"wait until {', '.join([old] + replicas)} run from {new}, TLS-verified, caught up")
-    changes = {old: {"read_only": "OFF -> ON", "replicates from": f"nobody -> {new}"},
-               new: {"read_only": "ON -> OFF", "replicates from": f"{old} -> nobody"}}
-    for r in replicas:
-        changes[r] = {"replicates from": f"{old} -> {new}"}
-    if events:
-        changes[new]["events enabled"] = [f"{db}.{name}" for db, name in events]
-    return steps, changes
+def _plan_u(name):
+    return __utils__[f"mysqlrepl_switchplan.{name}"]
 
 
 def _server_states(cfg):
@@ -747,14 +631,24 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
     try:
         expected = set(salt.utils.minions.CkMinions(__opts__).check_minions(
             tgt, "compound", greedy=False).get("minions", []))
-        with _client() as client:
-            # a state run compiles its own fresh pillar (the new record): apply first, then
-            # refresh the minions' in-memory pillar for pillar.get and later jobs
-            applied = client.cmd(tgt, "state.apply", [sls], tgt_type="compound", timeout=120)
+        if not expected:
+            # said once, here: a LocalClient call would print "No minions matched the target" per call
+            out.update(minions=[], failed={}, comment=f"no app minion (pillar mysqlrepl_app:topology: {topology})",
+                       seconds=round(time.monotonic() - started, 3))
+            return
+        def cmd(fun, arg, kwarg, timeout):
+            with _client() as client:
+                return client.cmd(tgt, fun, arg, kwarg=kwarg, tgt_type="compound", timeout=timeout)
+
+        # side by side: a state run compiles its own fresh pillar (the new record), and the
+        # minions' in-memory pillar learns it for pillar.get and later jobs
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            refreshing = pool.submit(cmd, "saltutil.refresh_pillar", [], {"wait": True}, 30)
+            applied = cmd("state.apply", [sls], {}, 120)
             out["applied_s"] = round(time.monotonic() - started, 3)
-            refreshed = client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound",
-                                   timeout=30)
-        failed = {m: f"pillar refresh: {r}" for m, r in refreshed.items() if r is not True}
+            refreshed = refreshing.result()
+        failed = {m: f"pillar refresh: {refreshed.get(m, 'did not answer')}" for m in sorted(expected)
+                  if refreshed.get(m) is not True}
         failed.update({m: "did not answer" for m in sorted(expected - set(applied))})
         for minion, states in applied.items():
             if not isinstance(states, dict):
@@ -769,7 +663,7 @@ def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
 
 
 def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5,  # pylint: disable=redefined-outer-name
-           app_sls="mysqlrepl.app", critical_timeout=None):
+           app_sls="mysqlrepl.app", critical_timeout=None, sync_tgt=None):
     """
     Planned switchover: make ``new_master`` the master of the topology with a
     write block of milliseconds and no lost row.
@@ -782,10 +676,12 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
        ``mysqlrepl:switch:lock_budget``, its GTID position, MASTER_GTID_WAIT
        on the new master, STOP SLAVE, new master writable.
     4. The master record names the new master (ext_pillar: ``mysqlrepl:master``
-       and ``infra:hosts_entries:masterdb``), pillars are refreshed, the old
-       master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other replicas are
-       repointed in parallel over verified TLS with GTID; the switch waits until
-       every replica runs and has caught up.
+       and ``infra:hosts_entries:masterdb``); every db minion then runs one job
+       (``mysqlrepl.switch_followers``) in which the new master forgets its old
+       link, the old master is demoted (MASTER_DEMOTE_TO_SLAVE=1) and the other
+       replicas are repointed over verified TLS with GTID, all of its servers at
+       once, and each waits until it has caught up with the new master. Then the
+       db minions' pillar is refreshed and every link is checked for TLS.
 
     Right after the record names the new master, the topology's app minions
     (pillar ``mysqlrepl_app:topology``) refresh their pillar and apply
@@ -795,9 +691,13 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
 
     Progress goes to the event bus as ``salt/mysqlrepl/switch/<step>``.
     ``hold_after``/``hold_s`` pause the critical section after a step (fault drills).
+    ``sync_tgt`` (the orchestration passes its db target): first, before
+    anything is read, ``sync_minions`` on those minions (synced only where
+    their modules differ); a failed sync refuses the switch, nothing changed.
     ``critical_timeout``: how long to wait for the critical section's answer
-    (default: the longest the block can take, about 2 × (lock budget +
-    catch-up timeout + hold) + 110 s; the minion aborts before changing
+    (default ``time_limits(...)["runner_s"]`` of ``_utils/mysqlrepl_switch.py``:
+    the longest the block can take plus 20 s for connecting, 4 × (lock budget +
+    catch-up timeout + hold) + 80 s; the minion aborts before changing
     anything if connecting left too little of it). When it does not
     come, the job is found (``saltutil.find_job``) and killed if it still
     runs before the servers' states decide the outcome: promoted if only the
@@ -817,7 +717,23 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     jid = f"switch-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d%H%M%S%f')}-{os.getpid()}"
     ret["jid"] = jid
     try:
-        cfg = _topology(topology)
+        if sync_tgt:
+            # side by side: the minions' module check (a sync where they differ) and the
+            # topology read, read again if a minion was synced (it answered from an old module)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                reading = pool.submit(_topology, topology)
+                ret["sync"] = _sync_minions(sync_tgt, "compound")
+                ret["timings"]["sync_s"] = round(time.monotonic() - started, 3)
+                try:
+                    cfg, error = reading.result(), None
+                except (CommandExecutionError, SaltInvocationError) as exc:
+                    cfg, error = None, exc
+            if ret["sync"]["synced"]:
+                cfg = _topology(topology)
+            elif error is not None:
+                raise error
+        else:
+            cfg = _topology(topology)
         if new_master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")
         old = cfg["master"]
@@ -837,30 +753,21 @@ def _tag(step):
     return f"switch/{step}"
 
 
+def _since(t0):
+    return round(time.monotonic() - t0, 3)
+
+
 def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # pylint: disable=too-many-arguments
                    critical_timeout=None):
+    """The switch under the topology's lock, phase by phase; each phase returns what the next needs."""
     topo = cfg["topology"]
-    _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
-    # the old master last: its gtid_binlog_state must be read after the others'
-    # (or a replica that applied a newer GTID would look errant)
-    others = [n for n in cfg["servers"] if n != old]
-    facts = {n: f for n, (_ok, f) in _per_server(cfg, others, "mysqlrepl.switch_facts", FACTS_TIMEOUT).items()}
-    facts.update({n: f for n, (_ok, f) in _per_server(cfg, [old], "mysqlrepl.switch_facts",
-                                                       FACTS_TIMEOUT).items()})
-    checks = _prechecks(cfg, facts, old, new, _read_record(topo) or {})
-    ret["prechecks"] = checks
-    failed = [c for c in checks if not c["ok"]]
-    ret["timings"]["prechecks_s"] = round(time.monotonic() - started, 3)
-    if failed:
-        _progress(f"prechecks failed: {'; '.join(c['check'] for c in failed)}", tag=_tag("precheck/failed"),
-                  failed=failed, jid=jid)
+    pre = _phase_prechecks(cfg, old, new, jid)
+    ret["prechecks"] = pre["checks"]
+    ret["timings"]["prechecks_s"] = _since(started)
+    if pre["failed"]:
         return _fail(ret, "refused, nothing changed: " + "; ".join(
-            f"[{c['check']}] {c['detail']}" for c in failed))
-    events = _events_to_move(facts, old, new)
-    steps, changes = _plan(cfg, old, new, events)
-    ret["plan"] = steps
-    ret["changes"] = changes
-    _progress("prechecks passed", tag=_tag("precheck/ok"), jid=jid)
+            f"[{c['check']}] {c['detail']}" for c in pre["failed"]))
+    ret["plan"], ret["changes"] = pre["steps"], pre["changes"]
     if dry_run:
         ret["result"] = True
         ret["comment"] = f"dry run: every precheck passed; switching {old} -> {new} would do the plan; nothing changed"
@@ -871,168 +778,206 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
     base = _read_record(topo)
     switching = {"from": old, "to": new, "jid": jid, "since": _now(), "phase": "critical section"}
     _write_record(topo, _new_record(cfg, old, previous=(base or {}).get("previous"), switching=switching))
-    ret["timings"]["prepare_s"] = round(time.monotonic() - started, 3)
+    ret["timings"]["prepare_s"] = _since(started)
 
+    crit = _phase_critical(cfg, old, new, pre["events"], jid, hold, critical_timeout)
+    ret["timings"]["critical_call_s"] = crit["call_s"]
+    if crit["job"] is not None:
+        ret["critical_job"] = crit["job"]
+    answer = crit["answer"]
+    ret["critical_section"] = answer
+    if answer is None:
+        # the minion's answer is missing and its job is over: the servers' states decide
+        states = _server_states(cfg)
+        ret["servers"] = states
+        seen = _plan_u("lost_answer")(states, new)
+        if not seen["promoted"]:
+            return _stopped_unanswered(cfg, old, switching, crit, seen["seen"], ret)
+        # once the new master is seen writable the job cannot undo it: promoted
+        answer = {"outcome": "promoted", "steps": [], "block_ms": None, "pos": None,
+                  "reason": f"{new} is writable (the minion's answer was lost: {crit['error']})"}
+        ret["critical_section"] = answer
+    ret["timings"]["block_ms"] = answer.get("block_ms")
+    if answer["outcome"] != "promoted":
+        return _not_promoted(cfg, old, base, switching, answer, jid, ret)
+    _progress(f"{new} is writable (write block {answer.get('block_ms')} ms)", tag=_tag("critical/done"),
+              jid=jid, block_ms=answer.get("block_ms"), pos=answer.get("pos"))
+
+    after = _phase_followers(cfg, old, new, answer, pre["events"], jid, switching, app_sls)
+    ret["repointed"] = after["repointed"]
+    ret["timings"].update(after["timings"])
+    if "apps" in after:
+        ret["apps"] = after["apps"]
+        ret["timings"]["apps_s"] = after["apps"].get("seconds")
+    ret["servers"] = after["servers"]
+    problems = after["problems"]
+    ret["timings"]["total_s"] = _since(started)
+    crit_ms = sum(s["ms"] for s in answer.get("steps", []))
+    ret["timings"]["critical_share"] = round(crit_ms / 1000 / ret["timings"]["total_s"], 4)
+    _progress(f"{new} is the master; replicas ready in {ret['timings']['replicas_ready_s']}s",
+              tag=_tag("done"), jid=jid, problems=problems, timings=ret["timings"])
+    if problems:
+        return _fail(ret, f"{new} is the master (write block {answer.get('block_ms')} ms) but: "
+                          + "; ".join(problems))
+    ret["result"] = True
+    ret["comment"] = (f"{new} is the master; write block {answer.get('block_ms')} ms; "
+                      f"{len(after['repointed'])} replica(s) TLS-verified and caught up in "
+                      f"{ret['timings']['replicas_ready_s']}s")
+    return ret
+
+
+def _phase_prechecks(cfg, old, new, jid):
+    """Facts from every server, the prechecks, and (when they pass) the plan; changes nothing."""
+    _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
+    def read(names):
+        return {n: f for n, (_ok, f) in _per_server(cfg, names, "mysqlrepl.switch_facts", FACTS_TIMEOUT).items()}
+
+    # every server in one round (a minion reads its own servers in the order given: the
+    # old master last). The old master's gtid_binlog_state only grows, so a new master
+    # found holding nothing beyond it holds nothing beyond it now either; but if the old
+    # master was read before a replica applied a newer GTID, that replica looks errant:
+    # then the old master is read again, after the others, and the checks decide on that.
+    record = _read_record(cfg["topology"]) or {}
+    facts = read([n for n in cfg["servers"] if n != old] + [old])
+    checks = _plan_u("prechecks")(cfg, facts, old, new, record)
+    if any(c["check"] == "no errant transactions" and not c["ok"] for c in checks):
+        facts.update(read([old]))
+        checks = _plan_u("prechecks")(cfg, facts, old, new, record)
+    out = {"checks": checks, "failed": [c for c in checks if not c["ok"]]}
+    if out["failed"]:
+        _progress(f"prechecks failed: {'; '.join(c['check'] for c in out['failed'])}",
+                  tag=_tag("precheck/failed"), failed=out["failed"], jid=jid)
+        return out
+    out["events"] = _plan_u("events_to_move")(facts, old, new)
+    out["steps"], out["changes"] = _plan_u("plan")(cfg, old, new, out["events"])
+    _progress("prechecks passed", tag=_tag("precheck/ok"), jid=jid)
+    return out
+
+
+def _phase_critical(cfg, old, new, events, jid, hold, critical_timeout):
+    """
+    The write block on the new master's minion, in one call. ``{"answer",
+    "error", "job", "call_s"}``: with no answer, its job is settled (found,
+    killed if it still runs) before anyone reads the servers, and an answer
+    that reached the job cache late is taken.
+    """
     _progress(f"critical section on {new}'s minion", tag=_tag("critical/start"), jid=jid)
-    t_crit = time.monotonic()
-    crit_error = None
-    crit_minion = cfg["servers"][new]["minion"]
+    t0 = time.monotonic()
+    minion = cfg["servers"][new]["minion"]
     crit_jid = salt.utils.jid.gen_jid(__opts__)
     if critical_timeout is None:
         critical_timeout = __utils__["mysqlrepl_switch.time_limits"](
             cfg["switch"]["lock_budget"], cfg["switch"]["catchup_timeout"], (hold or {}).get("seconds", 0))["runner_s"]
     critical_timeout = max(1, int(critical_timeout))
+    out = {"answer": None, "error": None, "job": None}
     try:
-        crit = _call(crit_minion, "mysqlrepl.switch_critical", [old],
-                     {"server": new, "events": events, "switch_jid": jid, "hold": hold,
-                      "time_limit": critical_timeout},
-                     timeout=critical_timeout, jid=crit_jid)
+        out["answer"] = _call(minion, "mysqlrepl.switch_critical", [old],
+                              {"server": new, "events": events, "switch_jid": jid, "hold": hold,
+                               "time_limit": critical_timeout},
+                              timeout=critical_timeout, jid=crit_jid)
     except CommandExecutionError as exc:
-        crit, crit_error = None, str(exc)
-    ret["timings"]["critical_call_s"] = round(time.monotonic() - t_crit, 3)
-    if crit is None:
-        # the answer is missing: the job must be over before the states are read
-        job = _settle_job(crit_minion, crit_jid, "mysqlrepl.switch_critical")
-        ret["critical_job"] = job
+        out["error"] = str(exc)
+    out["call_s"] = _since(t0)
+    if out["answer"] is None:
+        job = _settle_job(minion, crit_jid, "mysqlrepl.switch_critical")
+        out["job"] = job
         if isinstance(job["answer"], dict) and job["answer"].get("outcome"):
-            crit = job["answer"]
+            out["answer"] = job["answer"]
         elif job["note"]:
-            crit_error = f"{crit_error}; {job['note']}"
-    ret["critical_section"] = crit
-    if crit is None:
-        # the minion's answer is missing: find out where things stand before deciding
-        states = _server_states(cfg)
-        ret["servers"] = states
-        writable = sorted(n for n, st in states.items() if st.get("read_only") == "OFF")
-        unknown = sorted(n for n, st in states.items() if st.get("reachable") is False)
-        # once the new master is seen writable the job cannot undo it: promoted
-        if writable == [new] and not unknown:
-            crit = {"outcome": "promoted", "reason": f"{new} is writable (the minion's answer was lost: {crit_error})",
-                    "steps": [], "block_ms": None, "pos": None}
-            ret["critical_section"] = crit
-        else:
-            seen = (f"writable now: {', '.join(writable) or 'none'}"
-                    + (f"; unknown (unreachable): {', '.join(unknown)}" if unknown else ""))
-            switching["phase"] = f"stopped: {crit_error}; {seen}"
-            _write_record(topo, _new_record(cfg, old, switching=switching))
-            _progress("switch stopped", tag=_tag("stopped"), jid=jid, reason=switching["phase"])
-            gone = ("its job was killed and is gone" if job.get("killed") and job.get("ended") else
-                    "its job is over" if job.get("ended") else
-                    "make sure its job is gone (salt-run jobs.active)")
-            return _fail(ret, f"stopped: the critical section did not answer ({crit_error}); {seen}; {gone}; "
-                              "the record marks the switch as stopped so states change nothing. Decide the "
-                              f"master — {old} if it is the only writable one, otherwise the server whose "
-                              "gtid_binlog_pos is furthest (salt 'db*' mysqlrepl.status) — then salt-run "
-                              "mysqlrepl.record_set master=<it>")
-    ret["timings"]["block_ms"] = crit.get("block_ms")
-    if crit["outcome"] != "promoted":
-        if crit["outcome"] == "aborted":
-            # back to the record as it was before the switch
-            if base is None:
-                os.unlink(_record_path(topo))
-            else:
-                _write_record(topo, base)
-        else:
-            switching["phase"] = f"stopped: {crit['reason']}"
-            _write_record(topo, _new_record(cfg, old, switching=switching))
-        try:
-            _refresh_pillar(cfg)
-        except CommandExecutionError as exc:
-            crit["reason"] += f" (and: {exc})"
-        ret["servers"] = _server_states(cfg)
-        _progress(f"switch {crit['outcome']}: {crit['reason']}", tag=_tag(crit["outcome"]), jid=jid,
-                  reason=crit["reason"])
-        return _fail(ret, f"{crit['outcome']}: {crit['reason']}")
-    _progress(f"{new} is writable (write block {crit.get('block_ms')} ms)", tag=_tag("critical/done"),
-              jid=jid, block_ms=crit.get("block_ms"), pos=crit.get("pos"))
+            out["error"] = f"{out['error']}; {job['note']}"
+    return out
 
-    # after the window: the record names the new master, then everyone follows it
+
+def _stopped_unanswered(cfg, old, switching, crit, seen, ret):
+    """No answer and the new master is not (alone) writable: stop, record marked."""
+    switching["phase"] = f"stopped: {crit['error']}; {seen}"
+    _write_record(cfg["topology"], _new_record(cfg, old, switching=switching))
+    _progress("switch stopped", tag=_tag("stopped"), jid=switching["jid"], reason=switching["phase"])
+    job = crit["job"] or {}
+    gone = ("its job was killed and is gone" if job.get("killed") and job.get("ended") else
+            "its job is over" if job.get("ended") else
+            "make sure its job is gone (salt-run jobs.active)")
+    return _fail(ret, f"stopped: the critical section did not answer ({crit['error']}); {seen}; {gone}; "
+                      "the record marks the switch as stopped so states change nothing. Decide the "
+                      f"master — {old} if it is the only writable one, otherwise the server whose "
+                      "gtid_binlog_pos is furthest (salt 'db*' mysqlrepl.status) — then salt-run "
+                      "mysqlrepl.record_set master=<it>")
+
+
+def _not_promoted(cfg, old, base, switching, answer, jid, ret):
+    """Aborted: the record as it was before the switch. Stopped: the record marks it."""
+    topo = cfg["topology"]
+    if answer["outcome"] == "aborted":
+        if base is None:
+            os.unlink(_record_path(topo))
+        else:
+            _write_record(topo, base)
+    else:
+        switching["phase"] = f"stopped: {answer['reason']}"
+        _write_record(topo, _new_record(cfg, old, switching=switching))
+    try:
+        _refresh_pillar(cfg)
+    except CommandExecutionError as exc:
+        answer["reason"] += f" (and: {exc})"
+    ret["servers"] = _server_states(cfg)
+    _progress(f"switch {answer['outcome']}: {answer['reason']}", tag=_tag(answer["outcome"]), jid=jid,
+              reason=answer["reason"])
+    return _fail(ret, f"{answer['outcome']}: {answer['reason']}")
+
+
+def _phase_followers(cfg, old, new, answer, events, jid, switching, app_sls):
+    """
+    After the window: the record names the new master; then, at once, the app
+    minions follow it and every db minion runs one ``mysqlrepl.switch_followers``
+    job (the new master forgets its link, the old master is demoted, the other
+    replicas are repointed, all of a minion's servers in parallel, and each
+    waits until it has caught up); then the record loses its switch mark, the
+    db minions' pillar is refreshed and every link is checked for TLS.
+    """
+    topo = cfg["topology"]
+    t0 = time.monotonic()
+    timings = {}
     switching["phase"] = "repointing"
-    _write_record(topo, _new_record(cfg, new, previous=old, switching=switching, pos=crit.get("pos")))
-    t_after = time.monotonic()
-    problems = []
-    apps = {}
-    apps_thread = None
+    _write_record(topo, _new_record(cfg, new, previous=old, switching=switching, pos=answer.get("pos")))
+    timings["record_s"] = _since(t0)
+    apps, apps_thread = {}, None
     if app_sls:
         apps_thread = threading.Thread(target=_update_apps, args=(topo, app_sls, apps), daemon=True)
         apps_thread.start()
-    # in parallel: the new master forgets its old link, the old master is
-    # demoted, the other replicas follow (the new master is passed explicitly:
-    # no pillar refresh needed first)
-    calls = {}
-    for name, srv in cfg["servers"].items():
-        if name == new:
-            continue
-        kw = {"master": new, "switch_jid": jid}
-        if name == old:
-            if not crit.get("pos"):
-                # the block's answer was lost: the position read from the old master is
-                # unknown, so nothing proves it wrote nothing after it; rejoin checks that
-                problems.append(f"{old} not demoted: the write block's answer was lost, so its position at "
-                                f"read_only time is unknown; it stays read-only and not replicating: run "
-                                f"salt-run mysqlrepl.rejoin server={old}"
-                                + (f"; and check events {events} are enabled on {new}" if events else ""))
-                continue
-            kw["demote"] = True
-            kw["demote_at"] = crit["pos"]
-        else:
-            kw["repoint_from"] = old
-        calls[name] = (srv["minion"], "mysqlrepl.replication_apply", [name], kw)
-    replicas = sorted(calls)
-    calls["(finish)"] = (cfg["servers"][new]["minion"], "mysqlrepl.switch_finish_new", [new], {})
-    repointed = _parallel(calls, timeout=cfg["replication"]["wait_timeout"] + 60)
-    ok, fin = repointed.pop("(finish)")
-    if not ok:
-        problems.append(f"{new}: RESET SLAVE ALL failed: {fin}")
-    ret["repointed"] = {}
-    for name, (ok, res) in sorted(repointed.items()):
-        if not ok or not res.get("result"):
-            problems.append(f"{name}: {res if not ok else res.get('comment')}")
-        ret["repointed"][name] = res if ok else {"result": False, "comment": res}
-    _write_record(topo, _new_record(cfg, new, previous=old, pos=crit.get("pos"), jid=jid))
-    ret["timings"]["repoint_s"] = round(time.monotonic() - t_after, 3)
+    jobs, problems = _plan_u("follower_jobs")(cfg, old, new, answer.get("pos"), events)
+    ready_timeout = cfg["switch"]["ready_timeout"]
+    answers = _parallel({m: (m, "mysqlrepl.switch_followers", [new, jid],
+                             {"servers": job["servers"], "finish": job["finish"], "ready_timeout": ready_timeout})
+                         for m, job in jobs.items()},
+                        timeout=cfg["replication"]["wait_timeout"] + ready_timeout + 60)
+    got = _plan_u("follower_results")(jobs, answers, new)
+    problems += got["problems"]
+    # every server of each job ran at once: the repoint and catch-up time is the job's
+    timings["repoint_s"] = timings["replicas_ready_s"] = _since(t0)
+    _write_record(topo, _new_record(cfg, new, previous=old, pos=answer.get("pos"), jid=jid))
     _progress(f"replicas repointed to {new}", tag=_tag("repointed"), jid=jid, problems=problems)
-
-    # wait until every replica has caught up with the new master; meanwhile
-    # the db minions' in-memory pillar learns the new record
+    # side by side: the db minions' in-memory pillar learns the new record (their states
+    # compile a fresh one anyway), and every server's state is read for the result
+    t1 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         refresh = pool.submit(_refresh_pillar, cfg)
-        try:
-            pos = fin["pos"] if ok else _call(cfg["servers"][new]["minion"], "mysqlrepl.gtid_position", [new])
-            waits = _parallel({n: (cfg["servers"][n]["minion"], "mysqlrepl.wait_for_gtid", [pos],
-                                   {"server": n, "timeout": cfg["switch"]["ready_timeout"]})
-                               for n in replicas}, timeout=cfg["switch"]["ready_timeout"] + 30)
-            for name, (wok, res) in sorted(waits.items()):
-                if not wok:
-                    problems.append(f"{name} did not catch up with {new}: {res}")
-        except CommandExecutionError as exc:
-            problems.append(f"cannot read {new}'s position: {exc}")
+        servers = _server_states(cfg)
+        timings["server_states_s"] = _since(t1)
         try:
             refresh.result()
         except CommandExecutionError as exc:
             problems.append(str(exc))
-    ret["timings"]["replicas_ready_s"] = round(time.monotonic() - t_after, 3)
-    if apps_thread is not None:
-        apps_thread.join(180)
-        ret["apps"] = apps
-        ret["timings"]["apps_s"] = apps.get("seconds")
-        if apps.get("error") or apps.get("failed"):
-            problems.append(f"app minions: {apps.get('error') or apps.get('failed')}")
-    ret["servers"] = _server_states(cfg)
-    for name, st in ret["servers"].items():
+    timings["pillar_refresh_s"] = _since(t1)
+    for name, st in servers.items():
         if name != new and st.get("reachable", True) and not st.get("tls_verified"):
             problems.append(f"{name}: link to {new} not TLS-verified")
-    ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
-    crit_ms = sum(s["ms"] for s in crit.get("steps", []))
-    ret["timings"]["critical_share"] = round(crit_ms / 1000 / ret["timings"]["total_s"], 4)
-    _progress(f"{new} is the master; replicas ready in {ret['timings']['replicas_ready_s']}s",
-              tag=_tag("done"), jid=jid, problems=problems, timings=ret["timings"])
-    if problems:
-        return _fail(ret, f"{new} is the master (write block {crit.get('block_ms')} ms) but: " + "; ".join(problems))
-    ret["result"] = True
-    ret["comment"] = (f"{new} is the master; write block {crit.get('block_ms')} ms; "
-                      f"{len(replicas)} replica(s) TLS-verified and caught up in {ret['timings']['replicas_ready_s']}s")
-    return ret
+    out = {"repointed": got["repointed"], "servers": servers, "problems": problems, "timings": timings}
+    if apps_thread is not None:
+        apps_thread.join(180)
+        out["apps"] = apps
+        if apps.get("error") or apps.get("failed"):
+            problems.append(f"app minions: {apps.get('error') or apps.get('failed')}")
+    return out
 
 
 def rejoin(server, topology=None):  # pylint: disable=redefined-outer-name

@@ -167,6 +167,12 @@ _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true/false", dict: "a 
                list: "a list", float: "a number"}
 
 
+def valid_name(name):
+    """Is ``name`` a valid topology or server name? The one rule (``NAME_RE``), also used by
+    the runner and the ext_pillar for the master record's file name."""
+    return isinstance(name, str) and bool(NAME_RE.match(name))
+
+
 def record_path(cachedir, topology):
     """
     Where the master record of ``topology`` lives on the salt-master
@@ -174,7 +180,7 @@ def record_path(cachedir, topology):
     runner that writes it and the ext_pillar that reads it. Refuses a name that is
     not a topology name (it is part of a path).
     """
-    if not isinstance(topology, str) or not NAME_RE.match(topology):
+    if not valid_name(topology):
         raise ValueError(f"invalid topology name {topology!r}")
     return posixpath.join(cachedir, "mysqlrepl", f"{topology}.json")
 

@@ -28,15 +28,24 @@ Figures per run:
 * replicas ready: from the end of the write block until every replica runs
   from the new master, TLS-verified and caught up (the runner's figure).
 
+* orchestration: the whole ``salt-run state.orchestrate mysqlrepl.orch.switch``
+  command, from its start to its exit (module sync checks included).
+
+``SIGTERM``/``SIGINT`` stop the salt-master, minions and servers and remove the
+runtime dir, as a normal exit does.
+
 Last line:
-``switchover runs=<N> replicas=<R> block_p50_ms=.. block_max_ms=.. repoint_p50_s=.. replicas_ready_p50_s=.. acked=.. lost=.. dup=..``
+``switchover runs=<N> replicas=<R> block_p50_ms=.. block_max_ms=.. repoint_p50_s=.. replicas_ready_p50_s=.. acked=.. lost=.. dup=.. orchestration_p50_s=..``
 """
+# ci-args: --runs 2
+# last-line: switchover runs=<N> replicas=<R> block_p50_ms=<> block_max_ms=<> repoint_p50_s=<> replicas_ready_p50_s=<> acked=<> lost=<> dup=<> orchestration_p50_s=<>
 
 import argparse
 import importlib.util
 import json
 import os
 import pathlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -51,8 +60,9 @@ _spec = importlib.util.spec_from_file_location("sandbox_run", REPO / "sandbox" /
 sb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sb)
 
-PORT = 33306
-SEED_PORT = 34445
+# apart from bench/seed.py (127.0.0.41/.42:33306) and the test harness (3306)
+PORT = 33307
+SEED_PORT = 34446
 PASSWORD = "bench-Repl-pw_4c1"
 ADMIN_PASSWORD = "bench-Sw1tch-pw_88"
 
@@ -129,8 +139,9 @@ class Topology:
         return None
 
 
-def bring_up(root, topologies):
-    """salt-master (with the formula's ext_pillar), one db minion and one app minion per topology."""
+def bring_up(root, topologies, pids):
+    """salt-master (with the formula's ext_pillar), one db minion and one app minion per topology;
+    ``pids`` gets each daemon's PID as it starts (a signal meanwhile still stops them)."""
     salt = sb.Salt(root)
     srv_tree = sb.make_state_tree(root)
     ports = {"publish": sb.free_port(), "ret": sb.free_port()}
@@ -147,7 +158,7 @@ def bring_up(root, topologies):
         top[topo.db_minion] = [f"{topo.name}_db"]
         top[topo.app_minion] = [f"{topo.name}_app"]
     sb.write_yaml(pillar_dir / "top.sls", {"base": top})
-    pids = {"master": sb.spawn(["salt-master", "-c", str(root / "master")], root / "master" / "logs").pid}
+    pids["master"] = sb.spawn(["salt-master", "-c", str(root / "master")], root / "master" / "logs").pid
     minions = []
     for topo in topologies:
         for minion in (topo.db_minion, topo.app_minion):
@@ -171,13 +182,17 @@ def bring_up(root, topologies):
         time.sleep(1)
     proc, data = salt.run("saltutil.sync_all")
     proc, data = salt.salt("*", "saltutil.sync_all")
-    return salt, pids
+    return salt
 
 
-def orchestrate(salt, sls, pillar):
+def orchestrate(salt, sls, pillar, noise=None):
     proc, data = salt.run("state.orchestrate", sls, f"pillar={json.dumps(pillar)}", timeout=1800)
     states = sb.orch_states(data)
     failures = sb.state_failures(states) if states is not None else [("orchestrate", sb._proc_tail(proc))]
+    if noise is not None:
+        # what the command printed besides its result (Salt's unclosed-client warnings, "No minions matched")
+        text = (proc.stdout or "") + (proc.stderr or "")
+        noise.update(unclosed=text.count("unclosed "), no_minions=text.count("No minions matched"))
     return states, failures
 
 
@@ -185,14 +200,17 @@ def one_switch(salt, topo, writer_a, writer_b):
     new = "db2" if topo.master == "db1" else "db1"
     new_sid = topo.servers[new].server_id
     t0 = time.time()
+    noise = {}
     states, failures = orchestrate(salt, "mysqlrepl.orch.switch",
-                                   {"mysqlrepl": {"new_master": new, "topology": topo.name}})
+                                   {"mysqlrepl": {"new_master": new, "topology": topo.name}}, noise)
     t1 = time.time()
-    run = {"to": new, "orch_s": t1 - t0, "ok": not failures}
+    run = {"to": new, "orch_s": t1 - t0, "ok": not failures, "noise": noise}
     if failures:
         run["error"] = "; ".join(f"{w}: {c}" for w, c in failures)[:600]
         return run
     runner = next(st for st in states.values() if st.get("__id__") == "mysqlrepl-switch")
+    # the orchestration's steps (s); what is left of orch_s is salt-run's start, rendering and exit
+    run["orch_steps"] = {st.get("__id__"): round(float(st.get("duration") or 0) / 1000, 2) for st in states.values()}
     ret = (runner.get("changes") or {}).get("return") or {}
     crit = ret.get("critical_section") or {}
     topo.master = new
@@ -228,6 +246,8 @@ def one_switch(salt, topo, writer_a, writer_b):
         crit_steps={st["step"]: st["ms"] for st in crit.get("steps") or []},
         repoint_s=(first_b - writable_at) if first_b else None,
         replicas_ready_s=(ret.get("timings") or {}).get("replicas_ready_s"),
+        runner_timings={k: v for k, v in (ret.get("timings") or {}).items()
+                        if k.endswith("_s") and k not in ("replicas_ready_s", "repoint_s")},
         hosts_ok=topo.resolve() == (topo.servers[new].address, PORT),
     )
     if first_b is None or not run["hosts_ok"]:
@@ -280,7 +300,58 @@ def summary(topo, runs, acked, lost, dup):
             f"{step} {p50(v):.1f} ({max(v):.1f})" for step, v in steps.items()))
     return (f"switchover runs={len(runs)} replicas={topo.replicas} block_p50_ms={p50(blocks):.1f} "
             f"block_max_ms={max(blocks) if blocks else float('nan'):.1f} repoint_p50_s={p50(repoints):.2f} "
-            f"replicas_ready_p50_s={p50(ready):.2f} acked={acked} lost={lost} dup={dup}"), p50(blocks)
+            f"replicas_ready_p50_s={p50(ready):.2f} acked={acked} lost={lost} dup={dup} "
+            f"orchestration_p50_s={p50(orch):.2f}"), p50(blocks)
+
+
+class Stopped(SystemExit):
+    """SIGTERM/SIGINT: leave through main's cleanup, as a normal exit does."""
+
+
+def _on_signal(signum, _frame):
+    # once: the cleanup itself must not be interrupted by a second signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(128 + signum)
+
+
+def _started_under(root):
+    """PIDs of processes whose command line names ``root`` (servers, salt daemons and CLIs
+    this bench started there), except this one."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmd:
+            out.append(int(entry))
+    return out
+
+
+def stop_leftovers(root):
+    """Whatever still runs from ``root`` after the normal stop (a signal during start-up):
+    SIGTERM by PID, then SIGKILL after 20 s."""
+    left = _started_under(root)
+    if not left:
+        return
+    log(f"# stopping {len(left)} process(es) left under {root}: {left}")
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _started_under(root):
+            mariadb.reap_zombies()
+            time.sleep(0.2)
+        left = _started_under(root)
+        if not left:
+            return
 
 
 def main(argv=None):
@@ -294,6 +365,8 @@ def main(argv=None):
         ap.error("--runs >= 1 and 1 <= --replicas <= 15")
     if os.geteuid() != 0:
         ap.error("run as root (MariaDB runs as mysql; the minions manage its files)")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     root = pathlib.Path(tempfile.mkdtemp(prefix="mrbs-", dir="/tmp"))
     os.chmod(root, 0o755)
     mariadb.become_subreaper()
@@ -308,7 +381,7 @@ def main(argv=None):
             for address in [f"127.0.0.{topo.first_octet + i}" for i in range(len(topo.names))]:
                 mariadb.check_port_free(address, PORT)
             topo.start_servers()
-        salt, pids = bring_up(root, topologies)
+        salt = bring_up(root, topologies, pids)
         for topo in topologies:
             _states, failures = orchestrate(salt, "mysqlrepl.orch.setup", {"mysqlrepl_orch": {"topology": topo.name}})
             if failures:
@@ -332,7 +405,8 @@ def main(argv=None):
                         f"(ends {run['gap_at_s']:+.3f} s from writable; from the orchestration's start "
                         f"{run['block_from_orch_ms']:.1f} ms; critical section {run['crit_block_ms']} ms; runner timeline "
                         f"{run['timeline']}), repoint {run['repoint_s']:.2f} s, "
-                        f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s")
+                        f"replicas ready {run['replicas_ready_s']} s, orchestration {run['orch_s']:.1f} s "
+                        f"(steps {run['orch_steps']}; runner {run['runner_timings']}; printed {run['noise']})")
                 else:
                     log(f"{topo.name} run {i + 1}: FAILED {run.get('error')}")
                 time.sleep(1)
@@ -355,11 +429,17 @@ def main(argv=None):
         for topo in topologies:
             for w in writers.get(topo.name, ()):
                 w.stop_event.set()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if pids:
             sb.stop_pids([(pid, what) for what, pid in pids.items()])
         for topo in topologies:
             if topo.servers:
-                mariadb.stop_servers(topo.servers.values())
+                try:
+                    mariadb.stop_servers(topo.servers.values())
+                except RuntimeError as exc:
+                    log(f"# {exc}")
+        stop_leftovers(root)
         mariadb.reap_zombies()
         if not args.keep:
             mariadb.remove_tree(root)

@@ -2,13 +2,14 @@
 # vim: ft=sls
 ---
 # Bring up a new topology in the one order that works across minions:
-#   sync -> preflight everywhere -> CA + keys/CSRs -> signing -> certificates,
+#   sync (only what differs: mysqlrepl/orch/sync.jinja) -> preflight everywhere -> CA + keys/CSRs -> signing -> certificates,
 #   server settings, accounts -> seed replicas -> converge and verify.
 #
 #   salt-run state.orchestrate mysqlrepl.orch.setup
 #   salt-run state.orchestrate mysqlrepl.orch.setup pillar='{"mysqlrepl_orch": {"topology": "staging"}}'
 #
 # Every step fails hard: nothing runs after a failed step.
+{%- from 'mysqlrepl/orch/sync.jinja' import master_stale, sync_steps %}
 {%- set orch = salt['pillar.get']('mysqlrepl_orch', {}) %}
 {%- set topology = orch.get('topology') %}
 {%- set tgt = orch.get('target', 'I@mysqlrepl:*') %}
@@ -16,19 +17,7 @@
 {%- set tgt = '( ' ~ tgt ~ ' ) and I@mysqlrepl:topology:' ~ topology %}
 {%- endif %}
 
-mysqlrepl-sync-master:
-  salt.runner:
-    - name: saltutil.sync_all
-    - failhard: true
-
-mysqlrepl-sync-minions:
-  salt.function:
-    - name: saltutil.sync_all
-    - tgt: {{ tgt | json }}
-    - tgt_type: compound
-    - failhard: true
-    - require:
-      - salt: mysqlrepl-sync-master
+{{ sync_steps(tgt, master_stale() | trim) }}
 
 mysqlrepl-preflight:
   salt.state:

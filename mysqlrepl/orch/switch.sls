@@ -7,30 +7,24 @@
 #   salt-run state.orchestrate mysqlrepl.orch.switch \
 #     pillar='{"mysqlrepl": {"new_master": "db2", "topology": "production"}}'
 #
-# sync -> salt-run mysqlrepl.switch (prechecks, write block, master record;
-# then, side by side, the app minions' hosts entry / app config
-# (mysqlrepl_orch:app_sls, default mysqlrepl.app) and pillar refresh, and the
-# replicas repointed and caught up) -> the app minions (pillar
-# mysqlrepl_app:topology) once more, to confirm. Your own app SLS:
+# sync (only what differs: mysqlrepl/orch/sync.jinja) -> salt-run mysqlrepl.switch:
+# prechecks, write block, master record; then, side by side, the app minions
+# (pillar mysqlrepl_app:topology) apply mysqlrepl_orch:app_sls (default
+# mysqlrepl.app: the masterdb hosts entry) and refresh their pillar, and every
+# db minion repoints its servers and waits until they have caught up. An app
+# minion that fails or does not answer fails the switch's result; with no app
+# minion the runner says so once. Your own app SLS:
 #   pillar='{"mysqlrepl": {"new_master": "db2"}, "mysqlrepl_orch": {"app_sls": ["mysqlrepl.app", "myapp.db"]}}'
 
 # Every step fails hard. test=True does not run runners: see the plan with
 #   salt-run mysqlrepl.switch new_master=db2 dry_run=True
+{%- from 'mysqlrepl/orch/sync.jinja' import master_stale, sync_steps %}
 {%- set req = salt['pillar.get']('mysqlrepl', {}) %}
 {%- set new_master = req.get('new_master') %}
 {%- set topology = req.get('topology') if req.get('new_master') else none %}
 {%- set orch = salt['pillar.get']('mysqlrepl_orch', {}) %}
 {%- set app_sls = orch.get('app_sls', ['mysqlrepl.app']) %}
-{%- if topology %}
-{%- set db_tgt = 'I@mysqlrepl:topology:' ~ topology %}
-{%- set app_tgt = 'I@mysqlrepl_app:topology:' ~ topology %}
-{%- else %}
-{%- set db_tgt = 'I@mysqlrepl:*' %}
-{%- set app_tgt = 'I@mysqlrepl_app:*' %}
-{%- endif %}
-
-{#- app minions known to the salt-master (their cached pillar): none, no app steps #}
-{%- set app_minions = salt['saltutil.runner']('cache.pillar', tgt=app_tgt, tgt_type='compound') or {} %}
+{%- set db_tgt = 'I@mysqlrepl:topology:' ~ topology if topology else 'I@mysqlrepl:*' %}
 
 {%- if not new_master %}
 mysqlrepl-switch-usage:
@@ -41,59 +35,21 @@ mysqlrepl-switch-usage:
     - failhard: true
 {%- else %}
 
-mysqlrepl-sync-master:
-  salt.runner:
-    - name: saltutil.sync_all
-    - failhard: true
-
-mysqlrepl-sync-minions:
-  salt.function:
-    - name: saltutil.sync_all
-    - tgt: {{ db_tgt | json }}
-    - tgt_type: compound
-    - failhard: true
-    - require:
-      - salt: mysqlrepl-sync-master
+{%- set stale = master_stale() | trim %}
+{{ sync_steps(db_tgt, stale, false) }}
 
 mysqlrepl-switch:
   salt.runner:
     - name: mysqlrepl.switch
     - new_master: {{ new_master | json }}
+{#- the runner syncs the db minions whose modules differ first (one runner step less) #}
+    - sync_tgt: {{ db_tgt | json }}
     - app_sls: {{ app_sls | join(',') | json }}
 {%- if topology %}
     - topology: {{ topology | json }}
 {%- endif %}
     - failhard: true
     - require:
-      - salt: mysqlrepl-sync-minions
+      - {{ 'salt' if stale else 'test' }}: mysqlrepl-sync-master
 
-{%- if not app_minions %}
-
-mysqlrepl-apps:
-  test.succeed_without_changes:
-    - name: no app minion (pillar mysqlrepl_app:topology) to update
-    - require:
-      - salt: mysqlrepl-switch
-{%- else %}
-
-mysqlrepl-apps-pillar:
-  salt.function:
-    - name: saltutil.refresh_pillar
-    - tgt: {{ app_tgt | json }}
-    - tgt_type: compound
-    - kwarg:
-        wait: true
-    - failhard: true
-    - require:
-      - salt: mysqlrepl-switch
-
-mysqlrepl-apps:
-  salt.state:
-    - tgt: {{ app_tgt | json }}
-    - tgt_type: compound
-    - sls: {{ app_sls | json }}
-    - failhard: true
-    - require:
-      - salt: mysqlrepl-apps-pillar
-{%- endif %}
 {%- endif %}

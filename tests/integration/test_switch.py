@@ -7,6 +7,7 @@ orchestration brought up (db1 master); each leaves db1 as the master again.
 """
 
 import json
+import pathlib
 import time
 
 import pymysql
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support import workload
 from tests.support.topology import (NAMES, all_ok, apply, changes_of, fingerprint, orch_failures,
-                                    run_return, wait_for)
+                                    orch_steps, run_return, wait_for)
 
 pytestmark = [pytest.mark.integration]
 
@@ -221,6 +222,16 @@ def test_orchestration_switch_apps_follow(switch_ready, salt_run_cli, salt_cli, 
             ended = time.time()
             assert probe.double == [], f"two servers took the same probe round: {probe.double[:5]}"
             assert ret.returncode == 0 and orch_failures(ret) == {}, ret
+            # modules already synced: neither the master nor a minion is synced again; the runner
+            # updates the app minion (no second apply by the orchestration)
+            steps = orch_steps(ret)
+            assert set(steps) == {"mysqlrepl-sync-master", "mysqlrepl-switch"}, steps
+            assert steps["mysqlrepl-sync-master"]["changes"] == {}, steps["mysqlrepl-sync-master"]
+            synced = steps["mysqlrepl-switch"]["changes"]["return"]["sync"]
+            assert synced["synced"] == {} and set(NAMES) <= set(synced["current"]), synced
+            apps = steps["mysqlrepl-switch"]["changes"]["return"]["apps"]
+            assert apps["minions"] == [app_minion.id] and apps["failed"] == {}, apps
+            assert "No minions matched" not in ret.stdout and "No minions matched" not in ret.stderr
             masters.append(new)
             assert hosts_entry(app_minion) == servers[new].address
             ret = salt_cli.run("pillar.get", "infra:hosts_entries:masterdb", "unmask=True",
@@ -436,9 +447,12 @@ def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_
 
     db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
     sw = topology["pillar"]["mysqlrepl"].get("switch", {})
+    # the hold outlasts finding the job (a salt CLI call takes seconds on a loaded machine: with
+    # 2 s the switch had gone on before saltutil.running saw it)
+    hold = 10
     # just long enough for the minion to start the block (it refuses a limit the block could outlast)
-    limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), 2)["worst_s"]) + 5
-    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", "hold_s=2", f"critical_timeout={limit}")
+    limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), hold)["worst_s"]) + 5
+    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", f"hold_s={hold}", f"critical_timeout={limit}")
     wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
              timeout=30, what="STOP SLAVE on db2")
     jobs = salt_cli.run("saltutil.running", minion_tgt="db2").data
@@ -690,3 +704,28 @@ def test_switch_secrets_stay_out_of_logs_and_caches(switch_ready, salt_master, s
     pillar_roots = [pathlib.Path(p) for p in salt_master.config["pillar_roots"]["base"]]
     allowed = [str(pillar_cache)] + [str(p) for p in pillar_roots]
     assert [h for h in hits if not any(h.startswith(a + "/") for a in allowed)] == []
+
+
+def test_sync_minions_syncs_only_a_minion_whose_modules_differ(topology, salt_run_cli, salt_cli, repo_root):
+    """The orchestrations' minion sync: nothing when every db minion runs the served modules;
+    a minion whose synced module differs is synced alone, and its file is the served one again."""
+    tgt = "tgt=I@mysqlrepl:*"
+    data = run_return(salt_run_cli.run("mysqlrepl.sync_minions", tgt))
+    assert data["result"] is True and data["synced"] == {}, data
+    assert set(NAMES) <= set(data["current"]), data
+    ret = salt_cli.run("config.get", "extension_modules", minion_tgt="db3")
+    synced = pathlib.Path(ret.data) / "modules" / "mysqlrepl.py"
+    served = (repo_root / "_modules" / "mysqlrepl.py").read_bytes()
+    assert synced.read_bytes() == served
+    synced.write_bytes(served + b"\n# stale copy\n")
+    try:
+        ret = salt_run_cli.run("mysqlrepl.sync_minions", tgt)
+        data = run_return(ret)
+        assert ret.returncode == 0 and data["result"] is True, data
+        assert list(data["synced"]) == ["db3"], data
+        assert data["synced"]["db3"]["why"] == "differs: modules/mysqlrepl.py", data
+        assert "db1" in data["current"] and "db2" in data["current"], data
+        assert synced.read_bytes() == served
+    finally:
+        if synced.read_bytes() != served:
+            synced.write_bytes(served)

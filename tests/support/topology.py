@@ -130,13 +130,16 @@ def run_return(ret):
     return last.get("return", last) if isinstance(last, dict) and set(last) == {"return"} else last
 
 
-def orch_failures(ret):
-    """{state id: comment} of every orchestration step that did not succeed."""
+def orch_steps(ret):
+    """{state id: state result} of an orchestration's steps."""
     data = ret.data
     assert isinstance(data, dict), ret
     states = data.get("data", data)
     states = next(iter(states.values())) if len(states) == 1 and isinstance(next(iter(states.values())), dict) \
         and all(isinstance(v, dict) for v in next(iter(states.values())).values()) else states
-    return {k: v.get("comment") for k, v in states.items() if isinstance(v, dict) and v.get("result") is not True}
+    return {v.get("__id__", k): v for k, v in states.items() if isinstance(v, dict)}
 
 
+def orch_failures(ret):
+    """{state id: comment} of every orchestration step that did not succeed."""
+    return {k: v.get("comment") for k, v in orch_steps(ret).items() if v.get("result") is not True}

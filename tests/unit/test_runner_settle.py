@@ -11,6 +11,9 @@ import pathlib
 
 import pytest
 
+import _utils.mysqlrepl_switchplan as sp
+from tests.unit import test_switch_plan as tp
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -147,3 +150,52 @@ def test_call_takes_an_answer_that_only_reached_the_job_cache(runner):
 def test_call_to_an_unknown_minion_fails_at_once(runner):
     with pytest.raises(runner.CommandExecutionError, match="no minion db2"):
         call(runner, PubClient([], []), timeout=30)
+
+
+# ---------------------------------------------------------------------------
+# the prechecks' reads: one round, the old master read again only when a GTID looks errant
+# ---------------------------------------------------------------------------
+
+def _facts_runner(runner, monkeypatch, rounds):
+    """The runner with its switch rules (mysqlrepl_switchplan) and scripted switch_facts rounds;
+    returns the list of the server lists each round read."""
+    runner.__utils__ = {f"mysqlrepl_switchplan.{n}": getattr(sp, n) for n in ("prechecks", "events_to_move", "plan")}
+    runner.__opts__ = {}
+    monkeypatch.setattr(runner, "_progress", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_read_record", lambda topo: None)
+    asked = []
+
+    def per_server(cfg, names, fun, timeout):
+        asked.append(list(names))
+        facts = rounds.pop(0)
+        return {n: (True, facts[n]) for n in names}
+
+    monkeypatch.setattr(runner, "_per_server", per_server)
+    return asked
+
+
+def test_prechecks_read_every_server_in_one_round(runner, monkeypatch):
+    asked = _facts_runner(runner, monkeypatch, [tp.healthy()])
+    out = runner._phase_prechecks(tp.cfg(), "db1", "db2", "jid")  # pylint: disable=protected-access
+    assert out["failed"] == [] and asked == [["db2", "db3", "db1"]]  # the old master last within a minion
+
+
+def test_prechecks_read_the_old_master_again_when_a_gtid_looks_errant(runner, monkeypatch):
+    first = tp.healthy()
+    # db1 was read before db2 applied 0-11-101: db2 looks errant
+    first["db2"]["gtid"]["binlog_state"] = "0-11-101"
+    again = {"db1": tp.fact(read_only="OFF", slave_pos="", binlog_state="0-11-101")}
+    asked = _facts_runner(runner, monkeypatch, [first, again])
+    out = runner._phase_prechecks(tp.cfg(), "db1", "db2", "jid")  # pylint: disable=protected-access
+    assert asked == [["db2", "db3", "db1"], ["db1"]]
+    assert out["failed"] == []
+
+
+def test_prechecks_refuse_an_errant_gtid_the_old_master_still_lacks(runner, monkeypatch):
+    first = tp.healthy()
+    first["db2"]["gtid"]["binlog_state"] = "0-11-100,0-12-7"
+    again = {"db1": tp.fact(read_only="OFF", slave_pos="", binlog_state="0-11-100")}
+    asked = _facts_runner(runner, monkeypatch, [first, again])
+    out = runner._phase_prechecks(tp.cfg(), "db1", "db2", "jid")  # pylint: disable=protected-access
+    assert asked == [["db2", "db3", "db1"], ["db1"]]
+    assert [c["check"] for c in out["failed"]] == ["no errant transactions"]
