@@ -6,11 +6,11 @@ fails the test command (tests/run) instead of rotting unnoticed.
 Each bench declares, in two comment lines of its own source:
 
     # ci-args: --size-mb 20 --runs 1
-    # last-line: seed size_mb engines stall_max_ms lock_ms seed_s
+    # last-line: seed size_mb=<> engines=<> stall_max_ms=<> lock_ms=<> seed_s=<>
 
 ``ci-args`` are the arguments of its small run; ``last-line`` is the form of
 the one line it ends with: its name, then the keys it must print as
-``key=value`` (more keys are allowed). A bench without both lines fails here.
+``key=value`` (written ``key`` or ``key=<…>``; more keys are allowed). A bench without both lines fails here.
 Figures at this size are printed, never held to targets.
 
     .venv/bin/python tests/support/run_benches.py [--timeout 1200] [name ...]
@@ -43,7 +43,8 @@ def declarations(path):
         if stripped.startswith("# ci-args:"):
             args = shlex.split(stripped[len("# ci-args:"):])
         elif stripped.startswith("# last-line:"):
-            line = stripped[len("# last-line:"):].split()
+            # "name key key2" or "name key=<> key2=<N>": the keys, in either spelling
+            line = [tok.split("=", 1)[0] for tok in stripped[len("# last-line:"):].split()]
     if args is None or not line:
         return None, "declares no '# ci-args:' and '# last-line:' comment lines"
     if line[0] != path.stem:

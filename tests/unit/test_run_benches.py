@@ -30,6 +30,8 @@ def test_declarations_refuse_a_bench_without_them(tmp_path):
     assert decl is None and "foo" in why
     path.write_text("# ci-args: --runs 1 --size 'a b'\n# last-line: foo a b\n")
     assert rb.declarations(path) == ((["--runs", "1", "--size", "a b"], ["foo", "a", "b"]), None)
+    path.write_text("# ci-args: --runs 1\n# last-line: foo a=<> b=<N>\n")
+    assert rb.declarations(path) == ((["--runs", "1"], ["foo", "a", "b"]), None)
 
 
 @pytest.mark.parametrize("output, problem", [
