@@ -1388,6 +1388,8 @@ def seed_send(to, server=None, port=None, timeout=None):
             srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
             datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
             log_copy_interval=cfg["seed"]["log_copy_interval"],
+            # how long the server holds BACKUP STAGE BLOCK_COMMIT, seen on its own socket
+            lock_watch_connect=lambda: _connect(srv),
         )
     return result
 
