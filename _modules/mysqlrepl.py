@@ -1409,7 +1409,7 @@ def _seed_put_back(srv, datadir, seeded, previous, exc):
     shutil.rmtree(seeded, ignore_errors=True)
 
 
-def seed_receive(server=None, port=None, timeout=None, force=False):
+def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=False):
     """
     On a replica's minion: receive a backup streamed by the master's minion
     (``seed_send``), prepare it, swap it in as the datadir, start the server and
@@ -1422,6 +1422,12 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
     seeded copy is removed). A failure before the swap (stream, prepare)
     leaves the running server untouched. A replica that already replicates
     from the master is left alone unless ``force=True``.
+
+    ``catch_up=True`` (``salt-run mysqlrepl.seed`` passes it) then reads the
+    master's ``@@gtid_binlog_pos`` (over verified TLS as the replication
+    account, as the replica's link does) and waits until the replica has
+    applied it (``wait_timeout``): ``caught_up`` in the result. That saves the
+    runner two Salt round trips.
 
     The replica's own ``mysql.*`` accounts are replaced by the master's (a
     physical copy): mysqlrepl creates the same accounts on every server, so
@@ -1513,9 +1519,24 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
         raise
     # the seeded server replicates: only now the old datadir goes
     shutil.rmtree(previous, ignore_errors=True)
+    out = {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
+           "timings": timings}
+    if catch_up:
+        t0 = time.monotonic()
+        try:
+            mconn = _u("mysqlrepl_db.connect_tls")(
+                master["address"], master["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+                srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+                connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
+            with _u("mysqlrepl_db.closing")(mconn):
+                pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
+            waited = wait_for_gtid(pos, srv["name"], timeout=cfg["replication"]["wait_timeout"])
+        except CommandExecutionError as exc:
+            raise CommandExecutionError(f"{srv['name']} was seeded and replicates but did not catch up "
+                                        f"with {master['name']}: {exc}") from exc
+        out["caught_up"] = {"pos": pos, "seconds": round(time.monotonic() - t0, 3)}
     timings["total_s"] = round(time.monotonic() - started, 3)
-    return {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
-            "timings": timings}
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,8 @@ What it does
       start, the runner, both minions' jobs, its wait for the catch-up);
     - raw: the tool alone, no Salt and no TLS stream of ours: ``mariadb-backup --backup
       --stream=mbstream | socat -u STDIN TCP:db2:<--raw-port>`` into ``socat -u TCP-LISTEN |
-      mbstream -x`` beside db2's datadir, ``mariadb-backup --prepare``, stop db2, swap the
+      mbstream -x`` beside db2's datadir (socat ``-b 1048576`` both sides: 1 MiB blocks as the
+      formula's stream reads; socat's 8 KiB default slowed mariadb-backup and its lock), ``mariadb-backup --prepare``, stop db2, swap the
       datadir, start, ``SET GLOBAL gtid_slave_pos`` from ``xtrabackup_binlog_info``, the
       formula's CHANGE MASTER (same TLS replication link, same GTID mode), START SLAVE.  Same
       mariadb-backup options as the formula passes where fair: ``--log-copy-interval`` (the
@@ -107,6 +108,9 @@ ARIA_TABLE = "t_aria"
 ALL_TABLES = INNODB_TABLES + [ARIA_TABLE]
 WRITER_TABLES = (INNODB_TABLES[0], ARIA_TABLE)
 PAD = 1000  # bytes of payload per bulk row
+# socat's transfer block in the raw runs: 1 MiB like the formula's stream (socat's default 8 KiB
+# made mariadb-backup wait on the pipe, BLOCK_COMMIT included: a weaker baseline)
+RAW_BLOCK = 1 << 20
 
 T0 = time.monotonic()
 
@@ -738,7 +742,7 @@ class Bench:
         port = self.args.raw_port
         t0 = time.monotonic()
         listen = subprocess.Popen(  # pylint: disable=consider-using-with
-            ["socat", "-u", f"TCP-LISTEN:{port},bind={db2.address},reuseaddr", "STDOUT"],
+            ["socat", "-u", "-b", str(RAW_BLOCK), f"TCP-LISTEN:{port},bind={db2.address},reuseaddr", "STDOUT"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.procs.append(listen)
         extract = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -753,7 +757,7 @@ class Bench:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(workdir))
         self.procs.append(backup)
         send = subprocess.Popen(  # pylint: disable=consider-using-with
-            ["socat", "-u", "STDIN", f"TCP:{db2.address}:{port},retry=200,interval=0.01"],
+            ["socat", "-u", "-b", str(RAW_BLOCK), "STDIN", f"TCP:{db2.address}:{port},retry=200,interval=0.01"],
             stdin=backup.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.procs.append(send)
         backup.stdout.close()
