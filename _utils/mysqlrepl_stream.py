@@ -115,35 +115,12 @@ class _Drain(threading.Thread):
     def __init__(self, fileobj, max_chunks):
         super().__init__(name="mysqlrepl-drain", daemon=True)
         self.fd = fileobj.fileno()
-        self.chunks = queue.Queue()  # bounded by max_chunks below, until unbounded()
-        self.max_chunks = max_chunks
-        self._room = threading.Condition()
-        self._unbounded = False
-
-    def unbounded(self):
-        """
-        From now on never wait for room: mariadb-backup entered BACKUP STAGE BLOCK_COMMIT, and
-        every write it makes there while the buffer is full (the network slower than the copy)
-        would hold the master's commits. What it writes under that stage is small (redo log
-        tail, binlog position, small files); measured at 1 GB: BLOCK_COMMIT 98 ms when its
-        writes waited for a full buffer, 26 ms for the raw tool.
-        """
-        with self._room:
-            self._unbounded = True
-            self._room.notify_all()
-
-    def taken(self):
-        """The consumer took a chunk: wake the reader if it waits for room."""
-        with self._room:
-            self._room.notify_all()
+        self.chunks = queue.Queue(maxsize=max_chunks)
 
     def run(self):
         try:
             while True:
                 data = os.read(self.fd, CHUNK)
-                with self._room:
-                    while not self._unbounded and self.chunks.qsize() >= self.max_chunks:
-                        self._room.wait(0.5)
                 self.chunks.put(data or None)
                 if not data:
                     return
@@ -833,11 +810,8 @@ def send_backup(
     hangs up or does not confirm the extraction.
     
     ``buffer_mb`` bounds the in-memory buffer between mariadb-backup and the
-    network (1 MiB chunks) while it copies: when the network is slower,
-    mariadb-backup waits for room. From BACKUP STAGE BLOCK_COMMIT on (its stderr
-    says so) the buffer takes whatever it writes without waiting, so the
-    master's commits never wait for a slow receiver (what it writes there is
-    the redo log tail and small files).
+    network (1 MiB chunks): mariadb-backup is read as fast as it writes, so its
+    BACKUP STAGE locks on the master never wait for a slow receiver.
     """
     _check_files(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
     try:
@@ -907,11 +881,7 @@ def send_backup(
             watch = BackupLockWatch(lock_watch_connect, fast=lock_watch_interval)
             watch.start()
 
-        drain = _Drain(proc.stdout, max_chunks=max(1, int(buffer_mb)))
-
         def on_stage(line):
-            if "BACKUP STAGE BLOCK_COMMIT" in line:
-                drain.unbounded()
             if watch is None:
                 return
             if _UNLOCKED in line:
@@ -930,12 +900,12 @@ def send_backup(
         watchdog.daemon = True
         watchdog.start()
 
+        drain = _Drain(proc.stdout, max_chunks=max(1, int(buffer_mb)))
         drain.start()
         last_progress = time.monotonic()
         while True:
             try:
                 data = drain.chunks.get(timeout=_remaining(deadline, "reading mariadb-backup's output"))
-                drain.taken()
             except queue.Empty as exc:
                 raise CommandExecutionError(
                     f"mysqlrepl_stream: no output from {backup_cmd} until the timeout; {errs.text()}"

@@ -104,38 +104,3 @@ def test_watch_failure_is_reported_not_raised():
     watch.start()
     info = watch.finish()
     assert info["block_commit_ms"] is None and "no socket" in info["error"]
-
-
-def test_drain_stops_waiting_for_room_once_unbounded():
-    """Under BLOCK_COMMIT mariadb-backup's writes must not wait for a slow network."""
-    import os
-    import threading
-    import time
-
-    r, w = os.pipe()
-    with os.fdopen(r, "rb", buffering=0) as reader:
-        drain = st._Drain(reader, max_chunks=1)  # pylint: disable=protected-access
-        drain.start()
-        written = []
-
-        def produce():
-            for _ in range(4):
-                os.write(w, b"x" * 1000)
-                written.append(1)
-                time.sleep(0.05)  # separate reads
-            os.close(w)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        time.sleep(0.6)
-        # the buffer is full (1 chunk) and nobody takes from it: the reader waits for room,
-        # the pipe fills no further than the kernel lets it (here: all 4 writes fit in the pipe)
-        assert drain.chunks.qsize() == 1
-        drain.unbounded()
-        producer.join(5)
-        deadline = time.monotonic() + 5
-        while drain.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not drain.is_alive()
-        chunks = [drain.chunks.get_nowait() for _ in range(drain.chunks.qsize())]
-        assert chunks[-1] is None and sum(len(c) for c in chunks[:-1]) == 4000
