@@ -267,7 +267,9 @@ def test_seed_replica_over_tls(env):
     assert lock["source"].startswith("server: information_schema.METADATA_LOCK_INFO"), lock
     assert lock["block_commit_ms"] is not None and lock["block_ddl_ms"] >= lock["block_commit_ms"]
     assert set(lock["spans"]) >= {"START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"}, lock
-    assert not lock["ftwrl"] and lock["resolution_ms"] < 20, lock
+    # ~1-3 ms on a quiet machine; polls come late when the machine is loaded (30 ms seen at
+    # load ~15): the agreement below is checked within the resolution
+    assert not lock["ftwrl"] and lock["resolution_ms"] < 50, lock
     # the same span in the server's general log (microsecond event_time): within a few ms
     stamps = {r["a"]: r["event_time"] for r in a.query(
         "SELECT CONVERT(argument USING utf8mb4) a, event_time FROM mysql.general_log "
