@@ -18,6 +18,7 @@ SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
 """
 
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -1152,18 +1153,45 @@ def seed_send(to, server=None, port=None, timeout=None):
             srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
             datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
             log_copy_interval=cfg["seed"]["log_copy_interval"],
+            # how long the server holds BACKUP STAGE BLOCK_COMMIT, seen on its own socket (from a
+            # forked process: the function and its options are resolved here, with the loader)
+            lock_watch_connect=functools.partial(
+                _u("mysqlrepl_db.connect_local"), srv,
+                {k: __opts__.get(k) for k in ("mysql.default_file", "mysql.user", "mysql.pass")}),
         )
     return result
 
 
-def seed_receive(server=None, port=None, timeout=None, force=False):
+def _seed_put_back(srv, datadir, seeded, previous, exc):
+    """The seeded datadir did not start or replicate: stop, put the old datadir back, start it."""
+    log.error("mysqlrepl: seeding %s failed after the swap (%s): putting the old datadir back",
+              srv["name"], exc)
+    __salt__["service.stop"](srv["service"])
+    os.rename(datadir, seeded)
+    os.rename(previous, datadir)
+    __salt__["service.start"](srv["service"])
+    shutil.rmtree(seeded, ignore_errors=True)
+
+
+def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=False):
     """
     On a replica's minion: receive a backup streamed by the master's minion
     (``seed_send``), prepare it, swap it in as the datadir, start the server and
     point it at the master from exactly the backup's GTID position, over
-    verified TLS. The old datadir is kept until the new one runs, and put back
-    if anything fails. A replica that already replicates from the master is
-    left alone unless ``force=True``.
+    verified TLS. The old datadir is kept beside it
+    (``.<datadir name>.mysqlrepl-previous``) until the seeded server runs and
+    both replication threads run from the master; if the server does not start
+    on the new datadir, or replication does not start, the server is stopped,
+    the old datadir is put back and started again, and the call fails (the
+    seeded copy is removed). A failure before the swap (stream, prepare)
+    leaves the running server untouched. A replica that already replicates
+    from the master is left alone unless ``force=True``.
+
+    ``catch_up=True`` (``salt-run mysqlrepl.seed`` passes it) then reads the
+    master's ``@@gtid_binlog_pos`` (over verified TLS as the replication
+    account, as the replica's link does) and waits until the replica has
+    applied it (``wait_timeout``): ``caught_up`` in the result. That saves the
+    runner two Salt round trips.
 
     The replica's own ``mysql.*`` accounts are replaced by the master's (a
     physical copy): mysqlrepl creates the same accounts on every server, so
@@ -1241,25 +1269,38 @@ def seed_receive(server=None, port=None, timeout=None, force=False):
         if not __salt__["service.start"](srv["service"]):
             raise CommandExecutionError(f"service.start {srv['service']} failed on the seeded datadir")
         _wait_up(srv)
-    except Exception:
-        __salt__["service.stop"](srv["service"])
-        os.rename(datadir, incoming)
-        os.rename(previous, datadir)
-        __salt__["service.start"](srv["service"])
-        shutil.rmtree(incoming, ignore_errors=True)
+        timings["swap_s"] = round(time.monotonic() - t0, 3)
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            _run(conn, _sql("set_read_only")(True))
+            _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
+        result = replication_apply(srv["name"], seeded=True)
+        if not result["result"]:
+            raise CommandExecutionError(
+                f"seeded {srv['name']} but replication did not start: {result['comment']}")
+    except Exception as exc:
+        _seed_put_back(srv, datadir, incoming, previous, exc)
         raise
-    timings["swap_s"] = round(time.monotonic() - t0, 3)
-    conn = _connect(srv)
-    with _u("mysqlrepl_db.closing")(conn):
-        _run(conn, _sql("set_read_only")(True))
-        _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
+    # the seeded server replicates: only now the old datadir goes
     shutil.rmtree(previous, ignore_errors=True)
-    result = replication_apply(srv["name"], seeded=True)
-    if not result["result"]:
-        raise CommandExecutionError(f"seeded {srv['name']} but replication did not start: {result['comment']}")
+    out = {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
+           "timings": timings}
+    if catch_up:
+        t0 = time.monotonic()
+        try:
+            mconn = _u("mysqlrepl_db.connect_tls")(
+                master["address"], master["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+                srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+                connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
+            with _u("mysqlrepl_db.closing")(mconn):
+                pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
+            waited = wait_for_gtid(pos, srv["name"], timeout=cfg["replication"]["wait_timeout"])
+        except CommandExecutionError as exc:
+            raise CommandExecutionError(f"{srv['name']} was seeded and replicates but did not catch up "
+                                        f"with {master['name']}: {exc}") from exc
+        out["caught_up"] = {"pos": pos, "seconds": round(time.monotonic() - t0, 3)}
     timings["total_s"] = round(time.monotonic() - started, 3)
-    return {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
-            "timings": timings}
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -318,6 +318,9 @@ def _seed(cfg, replica, force, timeout, ret):
     todo = []
     for name in names:
         srv = cfg["servers"][name]
+        if force:  # re-seeded whatever its state: no need to ask it (one job less)
+            todo.append(name)
+            continue
         try:
             st = _call(srv["minion"], "mysqlrepl.status", [name])
         except CommandExecutionError as exc:
@@ -339,7 +342,7 @@ def _seed(cfg, replica, force, timeout, ret):
         def receive(srv, outcome):
             try:
                 outcome["receive"] = _call(srv["minion"], "mysqlrepl.seed_receive", [srv["name"]],
-                                           {"force": bool(force), "timeout": timeout},
+                                           {"force": bool(force), "timeout": timeout, "catch_up": True},
                                            timeout=timeout + 120)
             except CommandExecutionError as exc:
                 outcome["receive_error"] = str(exc)
@@ -357,13 +360,10 @@ def _seed(cfg, replica, force, timeout, ret):
             return _fail(ret, f"seeding {name} failed: "
                               f"{outcome.get('send_error') or ''} {outcome.get('receive_error') or ''}".strip()
                               or f"seeding {name} failed: no answer from {srv['minion']}")
-        try:
-            pos = _call(master["minion"], "mysqlrepl.gtid_position", [master["name"]])
-            waited = _call(srv["minion"], "mysqlrepl.wait_for_gtid", [pos],
-                           {"server": name, "timeout": cfg["replication"]["wait_timeout"]},
-                           timeout=cfg["replication"]["wait_timeout"] + 30)
-        except CommandExecutionError as exc:
-            return _fail(ret, f"{name} was seeded but did not catch up: {exc}")
+        # the replica's minion read the master's position and waited for it (catch_up=True)
+        waited = outcome["receive"].get("caught_up")
+        if not waited:
+            return _fail(ret, f"{name} was seeded but did not say it caught up: {outcome['receive']}")
         ret["seeded"][name] = {
             "gtid": outcome["receive"].get("gtid"),
             "bytes": outcome["receive"].get("bytes"),

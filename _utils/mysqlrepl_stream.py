@@ -28,6 +28,7 @@ import collections
 import datetime
 import ipaddress
 import logging
+import multiprocessing
 import os
 import queue
 import re
@@ -194,9 +195,10 @@ def _remaining(deadline, what):
 class _StderrReader(threading.Thread):
     """Drain a child's stderr: keep the tail and the arrival time of BACKUP STAGE lines."""
 
-    def __init__(self, stream, name, keep=STDERR_TAIL_LINES):
+    def __init__(self, stream, name, keep=STDERR_TAIL_LINES, on_stage=None):
         super().__init__(name=name, daemon=True)
         self.stream = stream
+        self.on_stage = on_stage  # called with each stage / unlock line as it arrives
         self.tail = collections.deque(maxlen=keep)
         self.events = []  # (monotonic, line) for stage / unlock lines
         self.binlog = None
@@ -209,6 +211,11 @@ class _StderrReader(threading.Thread):
                 self.tail.append(line)
                 if "BACKUP STAGE" in line or _UNLOCKED in line:
                     self.events.append((now, line))
+                    if self.on_stage is not None:
+                        try:
+                            self.on_stage(line)
+                        except Exception:  # pylint: disable=broad-except
+                            pass
                 elif "binlog position:" in line:
                     match = _BINLOG_LINE_RE.search(line)
                     if match:
@@ -227,6 +234,214 @@ class _StderrReader(threading.Thread):
 
     def text(self):
         return _redact("\n".join(self.tail))
+
+
+# --------------------------------------------------------------------------------------------
+# the master's BACKUP STAGE locks, observed on the server (information_schema.METADATA_LOCK_INFO)
+# --------------------------------------------------------------------------------------------
+# MariaDB 10.4+ names the lock each BACKUP STAGE holds (and FTWRL's) in the metadata_lock_info
+# plugin's table (mysqlrepl.server loads it).  BACKUP STAGE BLOCK_COMMIT = MDL_BACKUP_WAIT_COMMIT:
+# every commit on the master waits while it is held, InnoDB and Aria alike.
+STAGE_MODES = {
+    "MDL_BACKUP_START": "START",
+    "MDL_BACKUP_FLUSH": "FLUSH",
+    "MDL_BACKUP_WAIT_FLUSH": "WAIT_FLUSH",
+    "MDL_BACKUP_WAIT_DDL": "BLOCK_DDL",
+    "MDL_BACKUP_WAIT_COMMIT": "BLOCK_COMMIT",
+    "MDL_BACKUP_FTWRL1": "FTWRL1",
+    "MDL_BACKUP_FTWRL2": "FTWRL2",
+}
+# after START, the stages that come just before BLOCK_COMMIT: poll fast from here on
+_NEAR_END = {"FLUSH", "WAIT_FLUSH", "BLOCK_DDL", "BLOCK_COMMIT", "FTWRL1", "FTWRL2"}
+LOCK_WATCH_SQL = (
+    "SELECT LOCK_MODE FROM information_schema.METADATA_LOCK_INFO WHERE LOCK_MODE IN ("
+    + ", ".join(f"'{mode}'" for mode in STAGE_MODES) + ")"
+)
+LOCK_WATCH_SOURCE = "server: information_schema.METADATA_LOCK_INFO polled every ~{:g} ms"
+
+
+def stage_spans(observations):
+    """
+    Spans of each backup lock from polls of METADATA_LOCK_INFO.
+
+    ``observations``: ``[(t_sent, t_answered, {stage, ...})]`` in order (seconds, one clock): the
+    server saw the locks at some instant between ``t_sent`` and ``t_answered``.  A lock first seen
+    in poll i and last seen in poll j was taken after poll i-1 was sent and before poll i was
+    answered, released after poll j was sent and before poll j+1 was answered.  Returns
+    ``{stage: [{"ms", "min_ms", "max_ms", "open_start", "open_end"}]}``: ``ms`` is the middle of
+    [min_ms, max_ms]; ``open_start``/``open_end`` say the lock was already held at the first poll
+    or still held at the last one (that bound is then the poll itself).
+    """
+    out = {}
+    n = len(observations)
+    for stage in sorted({s for _a, _b, seen in observations for s in seen}):
+        i = 0
+        while i < n:
+            if stage not in observations[i][2]:
+                i += 1
+                continue
+            j = i
+            while j + 1 < n and stage in observations[j + 1][2]:
+                j += 1
+            first, last = observations[i], observations[j]
+            before = observations[i - 1] if i > 0 else None
+            after = observations[j + 1] if j + 1 < n else None
+            min_s = max(0.0, last[0] - first[1])
+            max_s = (after[1] if after else last[1]) - (before[0] if before else first[0])
+            out.setdefault(stage, []).append({
+                "ms": round((min_s + max_s) * 500, 1),
+                "min_ms": round(min_s * 1000, 1),
+                "max_ms": round(max_s * 1000, 1),
+                "open_start": before is None,
+                "open_end": after is None,
+            })
+            i = j + 1
+    return out
+
+
+def lock_summary(observations, interval_ms, error=None):
+    """
+    ``lock_info`` from METADATA_LOCK_INFO polls: ``block_commit_ms`` (how long BACKUP STAGE
+    BLOCK_COMMIT was held: commits waited), ``block_ddl_ms`` (BLOCK_DDL through the end of
+    BLOCK_COMMIT: DDL waited), ``resolution_ms`` (half the uncertainty of block_commit_ms),
+    ``source``, ``polls``, ``spans`` (every stage) and ``ftwrl`` (True if a FLUSH TABLES WITH
+    READ LOCK was seen while we polled).  ``block_commit_ms`` is None when nothing was seen.
+    """
+    spans = stage_spans(observations)
+    commit = spans.get("BLOCK_COMMIT") or []
+    info = {
+        "source": LOCK_WATCH_SOURCE.format(interval_ms),
+        "polls": len(observations),
+        "block_commit_ms": None,
+        "resolution_ms": None,
+        "block_ddl_ms": None,
+        "spans": spans,
+        "ftwrl": bool(spans.get("FTWRL1") or spans.get("FTWRL2")),
+    }
+    if error:
+        info["error"] = error
+    if commit:
+        longest = max(commit, key=lambda s: s["ms"])
+        info["block_commit_ms"] = longest["ms"]
+        info["resolution_ms"] = round((longest["max_ms"] - longest["min_ms"]) / 2, 1)
+        if len(commit) > 1:
+            info["block_commit_spans"] = len(commit)
+        ddl = spans.get("BLOCK_DDL") or []
+        # BLOCK_DDL's lock is upgraded to BLOCK_COMMIT's: DDL waits through both
+        info["block_ddl_ms"] = round(longest["ms"] + (max(s["ms"] for s in ddl) if ddl else 0.0), 1)
+    return info
+
+
+class BackupLockWatch:
+    """
+    Polls the master's ``information_schema.METADATA_LOCK_INFO`` on its own local connection
+    while mariadb-backup runs: every ``slow`` seconds from the start, every ``fast`` seconds
+    once a stage near the end is seen (FLUSH, BLOCK_DDL, BLOCK_COMMIT) or :meth:`hurry` is
+    called (mariadb-backup printed such a stage); it stops polling once :meth:`unlocked` was
+    called and a poll sees no backup lock.  :meth:`finish` stops it and returns
+    :func:`lock_summary`.  ``connect()`` returns a DB-API connection; a failure to connect or
+    query ends the watch with ``error`` set, never the backup.
+
+    ``process=True`` (default) polls from a forked child process: in the sender's process the
+    copy loop's threads hold the GIL, and a polling thread there measured 30-40 ms between polls
+    (a 1 ms poll needs the GIL several times).  ``process=False`` polls from a thread (tests).
+    """
+
+    def __init__(self, connect, fast=0.001, slow=0.02, clock=time.monotonic, sleep=time.sleep,
+                 process=True):
+        self.connect = connect
+        self.fast, self.slow = fast, slow
+        self.clock, self.sleep = clock, sleep
+        self.observations = []
+        self.error = None
+        self.process = process
+        if process:
+            ctx = multiprocessing.get_context("fork")
+            self._hurry, self._stop_ev, self._done_ev = ctx.Event(), ctx.Event(), ctx.Event()
+            self._recv, self._send = ctx.Pipe(duplex=False)
+            self._worker = ctx.Process(target=self._child, name="mysqlrepl-lock-watch", daemon=True)
+        else:
+            self._hurry, self._stop_ev, self._done_ev = (threading.Event() for _ in range(3))
+            self._worker = threading.Thread(target=self._loop, name="mysqlrepl-lock-watch", daemon=True)
+
+    def start(self):
+        self._worker.start()
+        if self.process:
+            self._send.close()  # the child's end
+
+    def hurry(self):
+        self._hurry.set()
+
+    def unlocked(self):
+        """mariadb-backup says every lock is released: stop at the next poll that sees none."""
+        self._done_ev.set()
+
+    def _child(self):
+        try:
+            try:  # a poll late by the scheduler is a lock span measured long
+                os.setpriority(os.PRIO_PROCESS, 0, -10)
+            except OSError:
+                pass
+            self._recv.close()
+            self._loop()
+            self._send.send((self.observations, self.error))
+        finally:
+            self._send.close()
+
+    def _loop(self):
+        conn = None
+        try:
+            conn = self.connect()
+            cur = conn.cursor()
+            try:
+                cur.execute("SET SESSION sql_log_off = 1")  # no general-log line per poll
+            except Exception:  # pylint: disable=broad-except
+                pass
+            seen_any = False
+            while not self._stop_ev.is_set():
+                t0 = self.clock()
+                cur.execute(LOCK_WATCH_SQL)
+                rows = cur.fetchall()
+                t1 = self.clock()
+                seen = frozenset(STAGE_MODES[(r["LOCK_MODE"] if isinstance(r, dict) else r[0])]
+                                 for r in rows)
+                self.observations.append((t0, t1, seen))
+                if seen & _NEAR_END:
+                    self._hurry.set()
+                if seen:
+                    seen_any = True
+                elif seen_any and self._done_ev.is_set():
+                    break  # mariadb-backup released every backup lock
+                self.sleep(self.fast if self._hurry.is_set() else self.slow)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
+    def finish(self, timeout=5):
+        self._done_ev.set()
+        self._stop_ev.set()
+        if self.process:
+            try:
+                if self._recv.poll(timeout):
+                    self.observations, self.error = self._recv.recv()
+                else:
+                    self.error = self.error or "the lock watch process did not answer"
+            except (EOFError, OSError) as exc:
+                self.error = self.error or f"the lock watch process ended without an answer ({exc})"
+            finally:
+                self._recv.close()
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                self._worker.kill()
+                self._worker.join(5)
+        else:
+            self._worker.join(timeout)
+        return lock_summary(list(self.observations), self.fast * 1000, self.error)
 
 
 def _peer_names(cert):
@@ -557,6 +772,8 @@ def send_backup(
     source_address=None,
     log_copy_interval=None,
     buffer_mb=256,
+    lock_watch_connect=None,
+    lock_watch_interval=0.001,
 ):
     """
     Stream ``mariadb-backup --backup --stream=mbstream`` of the local server to a receiver.
@@ -581,6 +798,13 @@ def send_backup(
     stalls of 0.8-0.95 s with the default, 50-80 ms with 10.
     ``source_address`` (optional) binds the outgoing connection to the master's own address.
     ``timeout`` bounds the whole transfer (mariadb-backup is killed when it expires).
+    ``lock_watch_connect`` (a function returning a local DB-API connection to the master) turns
+    on :class:`BackupLockWatch`: ``lock_info`` then gives how long the *server* held BACKUP STAGE
+    BLOCK_COMMIT (``information_schema.METADATA_LOCK_INFO`` polled every ``lock_watch_interval``
+    s near the end stages); without it, or when the watch fails, ``lock_info`` falls back to the
+    arrival times of mariadb-backup's stderr lines (``"source": "line arrival"``: from the
+    BLOCK_COMMIT line to "All tables unlocked", which also covers mariadb-backup's own work after
+    BACKUP STAGE END, so it reads longer).  ``lock_info["line_arrival"]`` always keeps the latter.
     Returns ``{"bytes", "seconds", "stderr_tail", "lock_info", "binlog"}``; raises
     CommandExecutionError with mariadb-backup's stderr tail on failure or when the receiver
     hangs up or does not confirm the extraction.
@@ -616,7 +840,7 @@ def send_backup(
 
     start = time.monotonic()
     deadline = start + timeout
-    tls = proc = errs = watchdog = workdir = None
+    tls = proc = errs = watchdog = workdir = watch = None
     nbytes = 0
     timed_out = threading.Event()
     try:
@@ -653,7 +877,19 @@ def send_backup(
         except OSError as exc:
             raise CommandExecutionError(f"mysqlrepl_stream: cannot run {backup_cmd}: {exc}") from exc
         _grow_pipe(proc.stdout)
-        errs = _StderrReader(proc.stderr, "mariadb-backup-stderr")
+        if lock_watch_connect is not None:
+            watch = BackupLockWatch(lock_watch_connect, fast=lock_watch_interval)
+            watch.start()
+
+        def on_stage(line):
+            if watch is None:
+                return
+            if _UNLOCKED in line:
+                watch.unlocked()
+            elif re.search(r"BACKUP STAGE (FLUSH|BLOCK_DDL|BLOCK_COMMIT)", line):
+                watch.hurry()
+
+        errs = _StderrReader(proc.stderr, "mariadb-backup-stderr", on_stage=on_stage)
         errs.start()
 
         def _expire():
@@ -717,11 +953,22 @@ def send_backup(
                 f"{nbytes} bytes ({exc!r}); check the receiving side"
             ) from exc
         tail = errs.text()
+        arrival = _lock_timings(errs.events, "line arrival")
+        lock_info = dict(arrival)
+        if watch is not None:
+            server = watch.finish()
+            watch = None
+            if server["block_commit_ms"] is not None:
+                lock_info = server
+            else:
+                lock_info["server_watch"] = {k: server[k] for k in ("source", "polls", "error")
+                                             if server.get(k) is not None}
+        lock_info["line_arrival"] = {k: arrival[k] for k in ("block_commit_ms", "block_ddl_ms")}
         return {
             "bytes": nbytes,
             "seconds": round(time.monotonic() - start, 3),
             "stderr_tail": tail,
-            "lock_info": _lock_timings(errs.events, "line arrival"),
+            "lock_info": lock_info,
             "binlog": errs.binlog,
         }
     except BaseException:
@@ -731,6 +978,8 @@ def send_backup(
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        if watch is not None:
+            watch.finish(timeout=1)
         _close(tls)
         if proc is not None:
             _kill(proc)

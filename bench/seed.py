@@ -1,62 +1,76 @@
 #!/usr/bin/env python3
 """
-Seeding benchmark (issue 3): the formula's seed path against mariadb-dump | mariadb.
+Seeding benchmark (issues 3, 10): the formula's seed as an operator runs it, against the raw tool
+it wraps and against mariadb-dump | mariadb, in the same run under the same writer.
 
     .venv/bin/python bench/seed.py --size-mb 1000 [--runs 3]
+    .venv/bin/python bench/seed.py --size-mb 20 --runs 1          # CI size
 
 What it does
 ------------
 * Starts two throw-away MariaDB servers (``tests/support/mariadb.py``) on their own loopback
   addresses and port (default db1 = 127.0.0.41:33306 master, db2 = 127.0.0.42:33306 replica).
-* Brings the topology up with the formula itself, through ``salt-call --local`` with one
-  minion config per server (file_client local; the repo's ``_modules``/``_utils``/``_states``
-  and the test ``service`` provider ``mysqlrepl_testsvc``; the topology pillar from
-  ``pillar_roots``).  The CA flow of the formula goes through the Salt mine, which a masterless
-  minion only has for itself: db1 (the CA minion) converges with ``state.apply mysqlrepl``;
-  db2 makes its key and CSR with ``state.apply mysqlrepl.csr``, the bench signs that CSR with
-  ``_utils/mysqlrepl_tls.sign_csr`` (what ``mysqlrepl.sign_pending`` does on the CA minion) and
-  installs ``ca.crt``/``server.crt``, then db2 runs ``mysqlrepl.config_apply`` and
-  ``mysqlrepl.users_apply``.  A masterless ``salt-minion`` per config runs beside the
-  ``salt-call --local`` jobs only to provide the minion event bus a deployed minion has (without
-  it every progress ``event.send`` of seed_send/seed_receive blocks their copy loop ~1 s:
-  ``--no-event-bus`` shows that).
-* Same server config for both methods: the harness my.cnf, the formula's drop-in (sync_binlog=1,
-  innodb_flush_log_at_trx_commit=1, ROW, log_slave_updates, TLS) plus pillar ``settings``
-  ``innodb_buffer_pool_size`` (``--buffer-pool``, 256M); the replica's general log is off (it would
-  log every row of the load).  ``--replica-tmpfs`` puts the replica's files in /dev/shm, as if it
-  were on another host's disk.
+* Starts a salt-master and one salt-minion per server as the sandbox does (``sandbox/run.py``:
+  the repo's state tree, the test ``service`` provider ``mysqlrepl_testsvc``, the topology
+  pillar 0600 in ``pillar_roots``) and brings the topology up the way users do:
+  ``salt-run state.orchestrate mysqlrepl.orch.setup`` (sync, preflight, csr, ca, server on
+  every server, ``salt-run mysqlrepl.seed``, then ``mysqlrepl`` with its highstate guard on the
+  master); db1 must end writable and db2 replicating.
+* Same server config for every method: the harness my.cnf, the formula's drop-in (sync_binlog=1,
+  innodb_flush_log_at_trx_commit=1, ROW, log_slave_updates, TLS, metadata_lock_info) plus pillar
+  ``settings`` ``innodb_buffer_pool_size`` (``--buffer-pool``, 256M); the replica's general log
+  is off (it would log every row of the load).  ``--replica-tmpfs`` puts the replica's files in
+  /dev/shm, as if it were on another host's disk.
 * Creates ``benchdb`` (8 InnoDB tables + 1 Aria table, data_length + index_length summing to
   ``--size-mb``; ``sql_log_bin=0``) once.
 * Starts a writer (own connection to db1, thread at nice -10 so that its own scheduling on this
   small machine is not counted as a database stall) committing one row every 2 ms, alternately
   into an InnoDB and the Aria table of benchdb, and keeps it running through every run.
-* ``--runs`` times, alternating the order, with the replica emptied before each run
+* ``--runs`` times, rotating the order, with the replica emptied before each run
   (no benchdb, replication reset, binary log reset):
-    - seed: ``salt-call mysqlrepl.seed_receive db2 force=True`` (background) and
-      ``salt-call mysqlrepl.seed_send to=db2`` concurrently, as ``salt-run mysqlrepl.seed`` does;
+    - seed: ``salt-run mysqlrepl.seed replica=db2 force=True``, the whole command (salt-run's
+      start, the runner, both minions' jobs, its wait for the catch-up);
+    - raw: the tool alone, no Salt and no TLS stream of ours: ``mariadb-backup --backup
+      --stream=mbstream | socat -u STDIN TCP:db2:<--raw-port>`` into ``socat -u TCP-LISTEN |
+      mbstream -x`` beside db2's datadir (socat ``-b 1048576`` both sides: 1 MiB blocks as the
+      formula's stream reads; socat's 8 KiB default slowed mariadb-backup and its lock), ``mariadb-backup --prepare``, stop db2, swap the
+      datadir, start, ``SET GLOBAL gtid_slave_pos`` from ``xtrabackup_binlog_info``, the
+      formula's CHANGE MASTER (same TLS replication link, same GTID mode), START SLAVE.  Same
+      mariadb-backup options as the formula passes where fair: ``--log-copy-interval`` (the
+      pillar's), ``--socket``, ``--datadir``, the admin user (root over the socket); the old
+      datadir is removed after the timing (the formula removes it inside its window);
     - pipe: ``mariadb-dump --single-transaction --gtid --master-data=1 --databases benchdb |
       mariadb --init-command='SET sql_log_bin=0'`` into db2, then ``CHANGE MASTER`` (the
-      formula's statement: same TLS, same GTID mode) and ``START SLAVE``.  mariadb-dump's
-      --single-transaction snapshot covers InnoDB only: the Aria table is read later and holds
-      writer rows past the dump's GTID position, so a STRICT replica stops on a duplicate key.
-      The pipe runs therefore replicate with ``slave_exec_mode=IDEMPOTENT`` until caught up
-      (``--pipe-exec-mode strict`` shows the failure); the bench reports how many rows it was.
+      formula's statement) and ``START SLAVE``.  mariadb-dump's --single-transaction snapshot
+      covers InnoDB only: the Aria table is read later and holds writer rows past the dump's
+      GTID position, so a STRICT replica stops on a duplicate key.  The pipe runs therefore
+      replicate with ``slave_exec_mode=IDEMPOTENT`` until caught up (``--pipe-exec-mode
+      strict`` shows the failure); the bench reports how many rows it was.  ``--no-pipe``
+      skips them.
   Each timing runs from start until the replica has both threads running and has caught up
   (master's ``@@gtid_binlog_pos`` read once the threads run, then ``MASTER_GTID_WAIT``).
   After each run the writer pauses, the replica catches up, and row count and max id of every
   benchdb table must match the master (else the bench fails).
-* stall: longest gap between consecutive writer commits inside the timed window; baseline stall:
-  the same writer over an equal window right after each seed run, nothing else running.
-  lock_ms: ``BACKUP STAGE BLOCK_COMMIT`` -> ``BACKUP STAGE END`` (or FTWRL -> UNLOCK TABLES)
-  from db1's general log (``log_output=TABLE``: microsecond ``event_time``).
-  Every value of the last line is the median of the runs (each run's values are printed before it).
+* stall: longest gap between consecutive writer commits inside the seed's timed window;
+  baseline stall: the same writer over an equal window (at most 30 s) right after each seed
+  run, nothing else running.
+* lock_ms: how long the server held BACKUP STAGE BLOCK_COMMIT during the seed, as
+  ``salt-run mysqlrepl.seed`` reports it (``master_locks.block_commit_ms``: the master's minion
+  polls ``information_schema.METADATA_LOCK_INFO`` every ~1 ms near the end stages; its source
+  and resolution are printed per run, beside the same span read from db1's general log,
+  ``log_output=TABLE``, microsecond ``event_time``).  raw_lock_ms: the raw run's
+  ``BACKUP STAGE BLOCK_COMMIT`` -> ``BACKUP STAGE END`` span in db1's general log.
+  Every value of the last line is the median of the runs (each run's values are printed before
+  it, with the steps that hold the time: stream, prepare, swap/start, catch-up).
 
 Last line::
 
-    seed size_mb=.. engines=.. stall_max_ms=.. baseline_stall_max_ms=.. lock_ms=.. seed_s=.. pipe_s=.. ratio=..
+    seed size_mb=.. engines=.. stall_max_ms=.. baseline_stall_max_ms=.. lock_ms=.. seed_s=.. pipe_s=.. ratio=.. raw_s=.. raw_lock_ms=.. overhead=..
 
-Everything lives under ``/tmp/mrb-XXXXXX`` and is removed at the end (``--keep`` keeps it);
-servers are stopped by PID, also on Ctrl-C.
+(ratio = pipe_s / seed_s, overhead = seed_s / raw_s.)  Everything lives under
+``/tmp/mrb-XXXXXX`` and is removed at the end (``--keep`` keeps it); servers, salt-master and
+minions are stopped by PID at the end, on a failure, and on SIGTERM or SIGINT (same cleanup).
+Exit code 0 only with the last line printed.
 """
 
 import argparse
@@ -84,14 +98,19 @@ import yaml  # noqa: E402
 
 from tests.support import mariadb as harness  # noqa: E402
 
-SALT_CALL = str(pathlib.Path(sys.executable).parent / "salt-call")
-SUPPORT_SALT_DIR = REPO / "tests" / "support" / "salt"
+_sb_spec = importlib.util.spec_from_file_location("sandbox_run", REPO / "sandbox" / "run.py")
+sb = importlib.util.module_from_spec(_sb_spec)
+_sb_spec.loader.exec_module(sb)
+
 DB = "benchdb"
 INNODB_TABLES = [f"t{i:02d}" for i in range(1, 9)]
 ARIA_TABLE = "t_aria"
 ALL_TABLES = INNODB_TABLES + [ARIA_TABLE]
 WRITER_TABLES = (INNODB_TABLES[0], ARIA_TABLE)
 PAD = 1000  # bytes of payload per bulk row
+# socat's transfer block in the raw runs: 1 MiB like the formula's stream (socat's default 8 KiB
+# made mariadb-backup wait on the pipe, BLOCK_COMMIT included: a weaker baseline)
+RAW_BLOCK = 1 << 20
 
 T0 = time.monotonic()
 
@@ -145,104 +164,6 @@ class BenchServer(harness.MariaDBServer):
 
 def replica_status(server):
     return server.one("SHOW SLAVE STATUS")
-
-
-# ---------------------------------------------------------------------------
-# salt-call --local, one minion config per server
-# ---------------------------------------------------------------------------
-
-
-class Minion:
-    def __init__(self, name, root, srv_dir, pillar_dir, svc_dir):
-        self.name = name
-        self.conf_dir = root / "salt" / name
-        self.conf_dir.mkdir(parents=True)
-        config = {
-            "id": name,
-            "file_client": "local",
-            "root_dir": str(self.conf_dir / "root"),
-            "file_roots": {"base": [str(srv_dir), str(SUPPORT_SALT_DIR)]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-            "providers": {"service": "mysqlrepl_testsvc"},
-            "mysqlrepl_testsvc_dir": str(svc_dir),
-            "module_dirs": [str(SUPPORT_SALT_DIR)],
-            "log_level_logfile": "info",
-            # a salt-minion daemon has its grains loaded once; salt-call recomputes them on
-            # every call unless cached
-            "grains_cache": True,
-            # the daemon (event bus only) needs no master
-            "master_type": "disable",
-        }
-        (self.conf_dir / "minion").write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.daemon = None
-
-    def start_daemon(self):
-        """
-        A masterless salt-minion on this config: it only provides the minion event bus that a
-        deployed minion has. Without it every ``event.send`` in a ``salt-call --local`` job waits
-        ~1 s for the bus and returns False (seed_send/seed_receive fire progress events from
-        inside their copy loops).
-        """
-        salt_minion = str(pathlib.Path(SALT_CALL).parent / "salt-minion")
-        self.daemon = subprocess.Popen(  # pylint: disable=consider-using-with
-            [salt_minion, "-c", str(self.conf_dir), "--log-level=quiet"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait_event_bus(self, timeout=60):
-        run_dir = self.conf_dir / "root" / "var" / "run" / "salt" / "minion"
-        deadline = time.monotonic() + timeout
-        while not list(run_dir.glob("minion_event_*_pull.ipc")):
-            if self.daemon.poll() is not None:
-                raise BenchError(f"salt-minion for {self.name} exited with {self.daemon.returncode}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"salt-minion for {self.name}: no event bus after {timeout} s")
-            time.sleep(0.1)
-        t = time.monotonic()
-        if self.call("event.send", "salt/mysqlrepl/bench/ping") is not True:
-            raise BenchError(f"{self.name}: event.send through the minion's event bus failed")
-        return time.monotonic() - t
-
-    def stop_daemon(self, timeout=20):
-        proc, self.daemon = self.daemon, None
-        if proc is None or proc.poll() is not None:
-            return
-        kids = descendants(proc.pid)
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_pid(proc.pid)
-            proc.wait(10)
-        for pid in kids:
-            if _comm(pid) is not None:
-                _kill_pid(pid)
-
-    def argv(self, *args):
-        return [SALT_CALL, "--local", "-c", str(self.conf_dir), "--out=json",
-                "--retcode-passthrough", "--log-level=quiet", *args]
-
-    def popen(self, *args):
-        return subprocess.Popen(  # pylint: disable=consider-using-with
-            self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )
-
-    @staticmethod
-    def result(proc, what, out=None, err=None):
-        if out is None:
-            out, err = proc.communicate()
-        try:
-            data = json.loads(out)["local"] if out.strip() else None
-        except (ValueError, KeyError, TypeError):
-            data = None
-        if proc.returncode != 0 or data is None or (isinstance(data, str) and data.startswith("ERROR")):
-            raise BenchError(f"salt-call {what} failed (rc={proc.returncode}): "
-                             f"{(out or '').strip()[-3000:]} {(err or '').strip()[-3000:]}")
-        return data
-
-    def call(self, *args):
-        proc = self.popen(*args)
-        return self.result(proc, f"{self.name} {' '.join(args)}")
 
 
 def check_states(name, ret):
@@ -362,12 +283,13 @@ class Bench:
         self.args = args
         self.root = None
         self.servers = {}
-        self.minions = {}
         self.writer = None
         self.procs = []  # every Popen we started (salt-call, dump, load)
         self.password = "Bench-" + secrets.token_hex(12)
         self.cfg = None
         self.shm = None
+        self.salt = None
+        self.daemons = {}  # what -> pid: salt-master, salt-minions
 
     # -- setup -----------------------------------------------------------------
 
@@ -389,6 +311,7 @@ class Bench:
         for srv in self.servers.values():
             harness.check_port_free(srv.address, srv.port)
         harness.check_port_free(db2.address, a.seed_port)
+        harness.check_port_free(db2.address, a.raw_port)
         (self.root / "db").mkdir()
         os.chmod(self.root / "db", 0o755)
 
@@ -403,39 +326,71 @@ class Bench:
             srv.write_service_json(self.root / "svc" / name)
         say(f"servers up: db1 {db1.address}:{db1.port} pid {db1.pid()}, "
             f"db2 {db2.address}:{db2.port} pid {db2.pid()} (MariaDB {db1.one('SELECT VERSION() v')['v']})")
-
-        # salt tree: the repo's Salt dirs (not the repo root: .venv/.git would be walked)
-        srv_dir = self.root / "srv"
-        srv_dir.mkdir()
-        for entry in ("_modules", "_utils", "_states", "mysqlrepl"):
-            (srv_dir / entry).symlink_to(REPO / entry)
-        pillar_dir = self.root / "pillar"
-        pillar_dir.mkdir(mode=0o700)
-        pillar = self.pillar()
-        (pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["mysqlrepl"]}}))
-        sls = pillar_dir / "mysqlrepl.sls"
-        sls.write_text("#!yaml\n" + yaml.safe_dump(pillar, sort_keys=False))
-        os.chmod(sls, 0o600)
-        self.cfg = _load_util("mysqlrepl_config").load(pillar["mysqlrepl"], minion_id="db1")
-        for name in self.servers:
-            self.minions[name] = Minion(name, self.root, srv_dir, pillar_dir, self.root / "svc" / name)
-
-        t = time.monotonic()
-        self._parallel({n: ("saltutil.sync_all",) for n in self.minions})
-        say(f"saltutil.sync_all on both minion configs: {time.monotonic() - t:.1f} s")
-        if self.args.event_bus:
-            t = time.monotonic()
-            for minion in self.minions.values():
-                minion.start_daemon()
-            fire = [minion.wait_event_bus() for minion in self.minions.values()]
-            say(f"masterless salt-minion daemons (event bus) up in {time.monotonic() - t:.1f} s; "
-                f"salt-call event.send: {max(fire):.2f} s")
-        else:
-            say("no minion daemons: every event.send in a salt-call --local job waits ~1 s for the bus")
-        t = time.monotonic()
-        self.minions["db1"].call("test.ping")
-        say(f"salt-call --local test.ping: {time.monotonic() - t:.2f} s (salt-call start-up cost)")
+        self.start_salt()
         self.bring_up()
+
+    def start_salt(self):
+        """A salt-master and one minion per server, as the sandbox runs them (sandbox/run.py)."""
+        t = time.monotonic()
+        self.salt = sb.Salt(self.root)
+        srv_tree = sb.make_state_tree(self.root)
+        ports = {"publish": sb.free_port(), "ret": sb.free_port()}
+        while ports["ret"] == ports["publish"]:
+            ports["ret"] = sb.free_port()
+        sb.write_yaml(self.root / "master" / "master", sb.master_config(self.root, srv_tree, ports))
+        pillar = self.pillar()
+        sb.write_yaml(self.root / "pillar" / "top.sls", {"base": {"*": ["mysqlrepl"]}})
+        sb.write_yaml(self.root / "pillar" / "mysqlrepl.sls", pillar, mode=0o600)
+        self.cfg = _load_util("mysqlrepl_config").load(pillar["mysqlrepl"], minion_id="db1")
+        self.daemons["salt-master"] = sb.spawn(["salt-master", "-c", str(self.root / "master")],
+                                               self.root / "master" / "logs").pid
+        for name in self.servers:
+            sb.write_yaml(self.root / name / "minion", sb.minion_config(self.root, name, ports))
+            self.daemons[f"salt-minion {name}"] = sb.spawn(["salt-minion", "-c", str(self.root / name)],
+                                                           self.root / name / "logs").pid
+        deadline = time.monotonic() + 120
+        while True:
+            _proc, data = self.salt.salt("*", "test.ping", timeout=5)
+            if isinstance(data, dict) and all(data.get(n) is True for n in self.servers):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"minions did not answer test.ping within 120 s: {data}")
+            time.sleep(0.5)
+        say(f"salt-master + {len(self.servers)} minions answering in {time.monotonic() - t:.1f} s")
+
+    def bring_up(self):
+        """
+        The topology as users bring it up: ``salt-run state.orchestrate mysqlrepl.orch.setup``
+        (sync, preflight, csr, ca, server everywhere, ``salt-run mysqlrepl.seed``, then
+        ``mysqlrepl`` on every minion, with its highstate guard on the master).
+        """
+        db1, db2 = self.servers["db1"], self.servers["db2"]
+        cfg = self.cfg
+        t = time.monotonic()
+        proc, data = self.salt.run("state.orchestrate", "mysqlrepl.orch.setup", timeout=1800)
+        states = sb.orch_states(data)
+        failures = (sb.state_failures(states) if states is not None
+                    else [("state.orchestrate", sb._proc_tail(proc))])  # pylint: disable=protected-access
+        if failures or proc.returncode:
+            raise BenchError("state.orchestrate mysqlrepl.orch.setup failed (exit "
+                             f"{proc.returncode}): " + "; ".join(f"{w}: {c}" for w, c in failures))
+        steps = sorted(states.values(), key=lambda st: st.get("__run_num__", 0))
+        say(f"state.orchestrate mysqlrepl.orch.setup: {time.monotonic() - t:.1f} s ("
+            + ", ".join(f"{st.get('__id__')} {st.get('duration', 0) / 1000:.1f}" for st in steps) + ")")
+        for srv in (db1, db2):
+            v = srv.one("SELECT @@have_ssl s, @@log_bin b, @@read_only r, @@innodb_buffer_pool_size p, "
+                        "@@general_log g, @@sync_binlog sb")
+            say(f"{srv.name}: have_ssl={v['s']} log_bin={v['b']} read_only={v['r']} "
+                f"buffer_pool={int(v['p']) >> 20}M general_log={v['g']} sync_binlog={v['sb']}")
+        say(f"seed: mysqlrepl:seed:log_copy_interval={cfg['seed']['log_copy_interval']} ms, "
+            f"port {cfg['seed']['port']}; replication require={cfg['replication']['require']}")
+        if db1.one("SELECT @@read_only r")["r"] != 0:
+            raise BenchError("db1 is not writable after the setup orchestration")
+        rs = replica_status(db2)
+        if not rs or rs["Slave_IO_Running"] != "Yes" or rs["Slave_SQL_Running"] != "Yes":
+            raise BenchError(f"db2 does not replicate after the setup orchestration: {rs}")
+        # server-side lock timings with microseconds (the general log FILE has 1 s stamps)
+        db1.sql("SET GLOBAL log_output = 'TABLE'")
 
     def pillar(self):
         a = self.args
@@ -464,64 +419,6 @@ class Bench:
         if a.log_copy_interval is not None:
             data["seed"]["log_copy_interval"] = a.log_copy_interval
         return {"mysqlrepl": data}
-
-    def _parallel(self, calls):
-        procs = {}
-        for name, args in calls.items():
-            procs[name] = self.minions[name].popen(*args)
-            self.procs.append(procs[name])
-        out = {}
-        for name, proc in procs.items():
-            out[name] = Minion.result(proc, f"{name} {' '.join(calls[name])}")
-        return out
-
-    def bring_up(self):
-        db1, db2 = self.servers["db1"], self.servers["db2"]
-        m1, m2 = self.minions["db1"], self.minions["db2"]
-        t = time.monotonic()
-        # db2: key + CSR through the formula's state (its own mine); db1: everything
-        ret2 = m2.call("state.apply", "mysqlrepl.csr")
-        check_states("db2 mysqlrepl.csr", ret2)
-        ret1 = m1.call("state.apply", "mysqlrepl")
-        check_states("db1 mysqlrepl", ret1)
-        say(f"db1: state.apply mysqlrepl (CA, key, cert, config, restart, users, writable): "
-            f"{time.monotonic() - t:.1f} s")
-        # db2's CSR reaches the CA only through the master's mine: sign it here with the
-        # formula's own signing function and the parameters sign_pending uses
-        cfg = self.cfg
-        ca = cfg["ca"]
-        srv2 = cfg["servers"]["db2"]
-        cert = srv2["certs"][0]
-        csr_pem = pathlib.Path(cert["csr"]).read_text()
-        info = mysqlrepl_tls.csr_info(csr_pem)
-        want = mysqlrepl_tls.subject_string(cert["cn"], cert["subject"])
-        if info["subject_str"] != want or sorted(info["san"]) != sorted(cert["san"]):
-            raise BenchError(f"db2 CSR {info} does not match pillar {want} {cert['san']}")
-        pem = mysqlrepl_tls.sign_csr(csr_pem, ca["cert_file"], ca["key_file"],
-                                     days=cfg["tls"]["cert_days"], digest=ca["digest"],
-                                     usage=cert["usage"])
-        pathlib.Path(cert["cert"]).write_text(pem)
-        os.chmod(cert["cert"], 0o644)
-        shutil.copyfile(ca["cert_file"], srv2["tls_files"]["ca"])
-        os.chmod(srv2["tls_files"]["ca"], 0o644)
-        t = time.monotonic()
-        res = m2.call("mysqlrepl.config_apply", "db2")
-        if res.get("result") is not True:
-            raise BenchError(f"db2 config_apply: {res}")
-        m2.call("mysqlrepl.users_apply", "db2")
-        say(f"db2: CSR signed by the bench, config_apply (restart) + users_apply: "
-            f"{time.monotonic() - t:.1f} s")
-        for srv in (db1, db2):
-            v = srv.one("SELECT @@have_ssl s, @@log_bin b, @@read_only r, @@innodb_buffer_pool_size p, "
-                        "@@general_log g, @@sync_binlog sb")
-            say(f"{srv.name}: have_ssl={v['s']} log_bin={v['b']} read_only={v['r']} "
-                f"buffer_pool={int(v['p']) >> 20}M general_log={v['g']} sync_binlog={v['sb']}")
-        say(f"seed: mysqlrepl:seed:log_copy_interval={cfg['seed']['log_copy_interval']} ms, "
-            f"port {cfg['seed']['port']}; replication require={cfg['replication']['require']}")
-        if db1.one("SELECT @@read_only r")["r"] != 0:
-            raise BenchError("db1 is not writable after state.apply mysqlrepl")
-        # server-side lock timings with microseconds (the general log FILE has 1 s stamps)
-        db1.sql("SET GLOBAL log_output = 'TABLE'")
 
     # -- data ------------------------------------------------------------------
 
@@ -727,38 +624,33 @@ class Bench:
     def reset_general_log(self):
         self.servers["db1"].sql("TRUNCATE TABLE mysql.general_log")
 
-    # -- the two methods -------------------------------------------------------
+    # -- the three methods -----------------------------------------------------
+
+    def salt_run(self, *args, timeout=3700):
+        """``salt-run --out=json <args>`` (tracked: stopped with the bench); its parsed answer."""
+        argv = self.salt.cmd("salt-run", "-t", str(timeout), "--out=json", *args)
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=str(REPO))
+        self.procs.append(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout + 60)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"salt-run {' '.join(args)}: no answer in {timeout + 60} s") from exc
+        return proc.returncode, sb.parse_json_output(out), (out or "")[-2000:] + (err or "")[-2000:]
 
     def run_seed(self, run):
-        m1, m2 = self.minions["db1"], self.minions["db2"]
+        """``salt-run mysqlrepl.seed replica=db2 force=True``, as an operator runs it."""
         self.empty_replica()
         self.reset_general_log()
         self.writer.check()
         t0 = time.monotonic()
-        recv = m2.popen("mysqlrepl.seed_receive", "db2", "force=True")
-        self.procs.append(recv)
-        send = m1.popen("mysqlrepl.seed_send", "to=db2")
-        self.procs.append(send)
-        out = {}
-
-        def collect(key, proc):
-            out[key] = proc.communicate()
-
-        readers = [threading.Thread(target=collect, args=(k, p)) for k, p in (("recv", recv), ("send", send))]
-        for th in readers:
-            th.start()
-        for th in readers:
-            th.join()
-        t_calls = time.monotonic()
-        errors = []
-        results = {}
-        for key, proc in (("send", send), ("recv", recv)):
-            try:
-                results[key] = Minion.result(proc, f"mysqlrepl.seed_{key}", *out[key])
-            except BenchError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise BenchError("seed failed: " + " | ".join(errors))
+        rc, data, text = self.salt_run("mysqlrepl.seed", "replica=db2", "force=True")
+        t_cmd = time.monotonic()
+        if rc != 0 or not isinstance(data, dict) or data.get("result") is not True \
+                or "db2" not in (data.get("seeded") or {}):
+            raise BenchError(f"seed run {run}: salt-run mysqlrepl.seed failed (exit {rc}): {data or text}")
+        seeded = data["seeded"]["db2"]
         self.wait_threads()
         t_threads = time.monotonic()
         pos = self.catch_up()
@@ -766,51 +658,169 @@ class Bench:
         seed_s = t1 - t0
         stall, commits = self.writer.max_gap(t0, t1)
         spans, stages = self.lock_spans()
-        lock = [ms for kind, ms in spans if kind == "BLOCK_COMMIT"]
-        recv_r, send_r = results["recv"], results["send"]
-        client_lock = (send_r.get("lock_info") or {}).get("block_commit_ms")
-        say(f"  seed run {run}: {seed_s:.2f} s (salt-calls {t_calls - t0:.2f}, threads +"
-            f"{t_threads - t_calls:.2f}, catch-up to {pos} +{t1 - t_threads:.2f}); "
-            f"seed_receive timings {recv_r.get('timings')}; sent {send_r.get('bytes', 0) / 2**20:.0f} MB "
-            f"in {send_r.get('seconds')} s")
-        say(f"  seed run {run}: writer {commits} commits, longest stall {stall * 1000:.1f} ms; "
-            f"lock spans (server log) {[(k, round(v, 1)) for k, v in spans]}; "
-            f"client-side block_commit_ms={client_lock}")
-        wall_to_mono = time.time() - time.monotonic()
-        mono_stages = [(when.timestamp() - wall_to_mono, name) for when, name in stages]
-        in_backup = None
-        if mono_stages:
-            origin = mono_stages[0][0]
-            # the master-side part: mariadb-backup from BACKUP STAGE START to END; the rest of
-            # the window is salt-call start-up, the tail of the stream, prepare, the replica's
-            # restart and catch-up (on another host in a real deployment, on this disk here)
-            in_backup = self.writer.max_gap(mono_stages[0][0], mono_stages[-1][0])[0] * 1000
-            say("  seed run {}: stages (server log, ms from START) {}; longest gaps {}; longest "
-                "between START and END {:.0f} ms".format(
-                    run, ", ".join(f"{name} +{(t - origin) * 1000:.0f}" for t, name in mono_stages),
-                    ", ".join(f"{g * 1000:.0f} ms from +{(t - origin) * 1000:.0f} ({tbl})"
-                              for g, t, tbl in self.writer.top_gaps(t0, t1)), in_backup))
-        if self.args.verbose:
-            say("  mariadb-backup stderr tail:\n" + (send_r.get("stderr_tail") or ""))
-        if len(lock) != 1:
+        logged = [ms for kind, ms in spans if kind == "BLOCK_COMMIT"]
+        locks = seeded.get("master_locks") or {}
+        say(f"  seed run {run}: {seed_s:.2f} s (salt-run {t_cmd - t0:.2f}, of which the runner's "
+            f"total_s {seeded.get('total_s')}, catch_up_s {seeded.get('catch_up_s')}; threads +"
+            f"{t_threads - t_cmd:.2f}, catch-up to {pos} +{t1 - t_threads:.2f}); seed_receive timings "
+            f"{seeded.get('timings')}; {(seeded.get('bytes') or 0) / 2**20:.0f} MB")
+        say(f"  seed run {run}: BLOCK_COMMIT {locks.get('block_commit_ms')} ms "
+            f"(+-{locks.get('resolution_ms')}, {locks.get('source')}); general log "
+            f"{[(k, round(v, 1)) for k, v in spans]}; stderr line arrival "
+            f"{(locks.get('line_arrival') or {}).get('block_commit_ms')} ms; writer {commits} commits, "
+            f"longest stall {stall * 1000:.1f} ms")
+        in_backup = self.stage_gaps(f"seed run {run}", stages, t0, t1)
+        if len(logged) != 1:
             raise BenchError(f"seed run {run}: expected one BACKUP STAGE BLOCK_COMMIT..END span in "
                              f"db1's general log, found {spans}")
-        if any(kind != "BLOCK_COMMIT" for kind, _ in spans):
+        if any(kind != "BLOCK_COMMIT" for kind, _ in spans) or locks.get("ftwrl"):
             say(f"  seed run {run}: NOTE other global locks taken: {spans}")
+        if locks.get("block_commit_ms") is None:
+            raise BenchError(f"seed run {run}: the runner reported no server-side lock span: {locks}")
         # baseline stall: the same writer, an equal window, nothing else running
         time.sleep(0.2)
         b0 = time.monotonic()
-        time.sleep(seed_s)
+        time.sleep(min(seed_s, 30))
         b1 = time.monotonic()
         self.writer.check()
         base, base_commits = self.writer.max_gap(b0, b1)
         say(f"  seed run {run}: baseline window {b1 - b0:.2f} s: {base_commits} commits, "
             f"longest stall {base * 1000:.1f} ms")
         self.verify(f"seed run {run}")
+        timings = seeded.get("timings") or {}
         return {"s": seed_s, "stall_ms": stall * 1000, "base_stall_ms": base * 1000,
-                "lock_ms": max(lock) if lock else float("nan"), "client_lock_ms": client_lock,
-                "in_backup_ms": in_backup,
-                "spans": spans}
+                "lock_ms": locks["block_commit_ms"], "log_lock_ms": logged[0],
+                "in_backup_ms": in_backup, "spans": spans,
+                "steps": {"command": t_cmd - t0, "stream": timings.get("stream_s"),
+                          "prepare": timings.get("prepare_s"), "swap": timings.get("swap_s"),
+                          "receive_total": timings.get("total_s"), "runner_total": seeded.get("total_s"),
+                          "catch_up": seeded.get("catch_up_s")}}
+
+    def stage_gaps(self, label, stages, t0, t1):
+        """Print the BACKUP STAGE timeline and the writer's longest gaps; the longest inside it."""
+        wall_to_mono = time.time() - time.monotonic()
+        mono_stages = [(when.timestamp() - wall_to_mono, name) for when, name in stages]
+        if not mono_stages:
+            return None
+        origin = mono_stages[0][0]
+        # the master-side part: mariadb-backup from BACKUP STAGE START to END; the rest of the
+        # window is start-up, the tail of the stream, prepare, the replica's restart and catch-up
+        in_backup = self.writer.max_gap(mono_stages[0][0], mono_stages[-1][0])[0] * 1000
+        say("  {}: stages (server log, ms from START) {}; longest gaps {}; longest between START and "
+            "END {:.0f} ms".format(
+                label, ", ".join(f"{name} +{(t - origin) * 1000:.0f}" for t, name in mono_stages),
+                ", ".join(f"{g * 1000:.0f} ms from +{(t - origin) * 1000:.0f} ({tbl})"
+                          for g, t, tbl in self.writer.top_gaps(t0, t1)), in_backup))
+        return in_backup
+
+    def run_raw(self, run):
+        """
+        The raw tool, no Salt, no TLS stream of ours: mariadb-backup | socat (plain TCP) ->
+        socat | mbstream -x on the replica's side, --prepare, swap the datadir, start,
+        gtid_slave_pos, CHANGE MASTER (the formula's statement: TLS, GTID), START SLAVE, caught up.
+        mariadb-backup gets what the formula gives it: --log-copy-interval (the pillar's), socket,
+        datadir, the admin user; the replica's old datadir is removed after the timing.
+        """
+        db1, db2 = self.servers["db1"], self.servers["db2"]
+        cfg = self.cfg
+        srv2 = cfg["servers"]["db2"]
+        self.empty_replica()
+        self.reset_general_log()
+        self.writer.check()
+        incoming = db2.datadir.parent / "raw-incoming"
+        old = db2.datadir.parent / "raw-old"
+        for path in (incoming, old):
+            shutil.rmtree(path, ignore_errors=True)
+        incoming.mkdir(mode=0o700)
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix="raw-", dir=self.root))
+        version = mysqlrepl_sql.parse_version(db2.one("SELECT VERSION() v")["v"])
+        change = mysqlrepl_sql.change_master(
+            version, db1.address, db1.port, cfg["replication"]["user"], self.password,
+            srv2["tls_files"]["ca"], srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"],
+            verify_server_cert=True, connect_retry=cfg["replication"]["connect_retry"],
+            heartbeat_period=cfg["replication"]["heartbeat_period"])
+        port = self.args.raw_port
+        t0 = time.monotonic()
+        listen = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["socat", "-u", "-b", str(RAW_BLOCK), f"TCP-LISTEN:{port},bind={db2.address},reuseaddr", "STDOUT"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(listen)
+        extract = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["mbstream", "-x", "-C", str(incoming)], stdin=listen.stdout,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(extract)
+        listen.stdout.close()
+        backup = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["mariadb-backup", "--backup", "--stream=mbstream", f"--target-dir={workdir}",
+             f"--socket={db1.socket}", "--user=root", f"--datadir={db1.datadir}",
+             f"--log-copy-interval={int(cfg['seed']['log_copy_interval'])}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(workdir))
+        self.procs.append(backup)
+        send = subprocess.Popen(  # pylint: disable=consider-using-with
+            ["socat", "-u", "-b", str(RAW_BLOCK), "STDIN", f"TCP:{db2.address}:{port},retry=200,interval=0.01"],
+            stdin=backup.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(send)
+        backup.stdout.close()
+        errs = {}
+
+        def drain(key, stream):
+            errs[key] = stream.read()
+
+        readers = [threading.Thread(target=drain, args=(k, p.stderr)) for k, p in
+                   (("mariadb-backup", backup), ("socat send", send), ("socat listen", listen),
+                    ("mbstream", extract))]
+        for th in readers:
+            th.start()
+        rcs = {"mariadb-backup": backup.wait(), "socat send": send.wait(), "socat listen": listen.wait(),
+               "mbstream": extract.wait()}
+        for th in readers:
+            th.join()
+        t_stream = time.monotonic()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if any(rcs.values()):
+            raise BenchError(f"raw run {run}: exit codes {rcs}: " + "; ".join(
+                f"{k}: {errs.get(k, b'')[-1500:]!r}" for k, v in rcs.items() if v))
+        prep = subprocess.run(["mariadb-backup", "--prepare", f"--target-dir={incoming}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if prep.returncode:
+            raise BenchError(f"raw run {run}: --prepare exited {prep.returncode}: {prep.stderr[-1500:]!r}")
+        t_prepare = time.monotonic()
+        info = (incoming / "xtrabackup_binlog_info").read_text().split("\t")
+        gtid = info[2].strip() if len(info) > 2 else ""
+        subprocess.run(["chown", "-R", f"{db2.os_user}:{db2.os_user}", str(incoming)], check=True)
+        db2.stop()
+        os.rename(db2.datadir, old)
+        os.rename(incoming, db2.datadir)
+        db2.start()
+        t_start = time.monotonic()
+        conn = db2.connect()
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_off = 1")  # MASTER_PASSWORD
+            cur.execute("SET GLOBAL gtid_slave_pos = %s", (gtid,))
+            cur.execute(*change)
+            cur.execute("START SLAVE")
+        conn.close()
+        self.wait_threads()
+        t_threads = time.monotonic()
+        pos = self.catch_up()
+        t1 = time.monotonic()
+        shutil.rmtree(old, ignore_errors=True)
+        raw_s = t1 - t0
+        stall, commits = self.writer.max_gap(t0, t1)
+        spans, stages = self.lock_spans()
+        logged = [ms for kind, ms in spans if kind == "BLOCK_COMMIT"]
+        say(f"  raw run {run}: {raw_s:.2f} s (stream {t_stream - t0:.2f}, prepare +{t_prepare - t_stream:.2f}, "
+            f"swap+start +{t_start - t_prepare:.2f}, threads +{t_threads - t_start:.2f}, catch-up to {pos} "
+            f"+{t1 - t_threads:.2f}); backup at {gtid}; writer {commits} commits, longest stall "
+            f"{stall * 1000:.1f} ms; lock spans (server log) {[(k, round(v, 1)) for k, v in spans]}")
+        self.stage_gaps(f"raw run {run}", stages, t0, t1)
+        if len(logged) != 1:
+            raise BenchError(f"raw run {run}: expected one BACKUP STAGE BLOCK_COMMIT..END span in "
+                             f"db1's general log, found {spans}")
+        self.verify(f"raw run {run}")
+        return {"s": raw_s, "stall_ms": stall * 1000, "lock_ms": logged[0],
+                "steps": {"stream": t_stream - t0, "prepare": t_prepare - t_stream,
+                          "swap": t_start - t_prepare, "catch_up": t1 - t_start}}
 
     def run_pipe(self, run):
         db1, db2 = self.servers["db1"], self.servers["db2"]
@@ -905,75 +915,101 @@ class Bench:
         time.sleep(2.0)
         gap, n = self.writer.max_gap(warm0, time.monotonic())
         say(f"writer: {n} commits in 2 s idle, longest gap {gap * 1000:.1f} ms")
-        seeds, pipes = [], []
+        seeds, raws, pipes = [], [], []
+        orders = [("seed", "raw", "pipe"), ("raw", "pipe", "seed"), ("pipe", "seed", "raw")]
         for run in range(1, self.args.runs + 1):
-            order = ("seed", "pipe") if run % 2 else ("pipe", "seed")
-            for method in order:
+            for method in orders[(run - 1) % 3]:
+                if method == "pipe" and self.args.no_pipe:
+                    continue
                 say(f"run {run}/{self.args.runs}: {method} (load average {os.getloadavg()[0]:.1f})")
                 if method == "seed":
                     seeds.append(self.run_seed(run))
+                elif method == "raw":
+                    raws.append(self.run_raw(run))
                 else:
                     pipes.append(self.run_pipe(run))
         self.writer.check()
-        seed_s = statistics.median(r["s"] for r in seeds)
-        pipe_s = statistics.median(r["s"] for r in pipes)
+        med = statistics.median
+        seed_s = med(r["s"] for r in seeds)
+        raw_s = med(r["s"] for r in raws)
+        pipe_s = med(r["s"] for r in pipes) if pipes else float("nan")
         # medians of the runs, like the timings; the worst run is printed beside them
-        stall = statistics.median(r["stall_ms"] for r in seeds)
-        base = statistics.median(r["base_stall_ms"] for r in seeds)
-        lock = statistics.median(r["lock_ms"] for r in seeds)
+        stall = med(r["stall_ms"] for r in seeds)
+        base = med(r["base_stall_ms"] for r in seeds)
+        lock = med(r["lock_ms"] for r in seeds)
+        raw_lock = med(r["lock_ms"] for r in raws)
 
         def runs(key, fmt="{:.1f}", rows=seeds):
             vals = [r[key] for r in rows]
             return ", ".join(fmt.format(v) if v is not None else "n/a" for v in vals)
 
-        say(f"seed runs s: {runs('s', '{:.2f}')}; pipe runs s: {runs('s', '{:.2f}', pipes)}")
+        say(f"seed runs s: {runs('s', '{:.2f}')}; raw runs s: {runs('s', '{:.2f}', raws)}; "
+            f"pipe runs s: {runs('s', '{:.2f}', pipes)}")
+        for label, rows in (("seed", seeds), ("raw", raws)):
+            steps = {}
+            for r in rows:
+                for k, v in r["steps"].items():
+                    if v is not None:
+                        steps.setdefault(k, []).append(v)
+            say(f"{label} steps, median s: " + ", ".join(f"{k} {med(v):.2f}" for k, v in steps.items()))
         say(f"seed-window stalls ms: {runs('stall_ms')} (between BACKUP STAGE START and END: "
             f"{runs('in_backup_ms')}); baseline-window stalls ms: {runs('base_stall_ms')}; "
+            f"raw-window stalls ms: {runs('stall_ms', rows=raws)}; "
             f"pipe-window stalls ms: {runs('stall_ms', rows=pipes)}")
-        say(f"pipe runs: Aria rows in the dump beyond its GTID position: {runs('aria_ahead', '{}', pipes)} "
-            f"(replayed with slave_exec_mode={self.args.pipe_exec_mode.upper()})")
-        say(f"lock ms (server log): {runs('lock_ms')}; client-side block_commit_ms: "
-            f"{runs('client_lock_ms', '{}')}")
+        if pipes:
+            say(f"pipe runs: Aria rows in the dump beyond its GTID position: "
+                f"{runs('aria_ahead', '{}', pipes)} (replayed with "
+                f"slave_exec_mode={self.args.pipe_exec_mode.upper()})")
+        say(f"BLOCK_COMMIT ms: seed (server, METADATA_LOCK_INFO, as salt-run reports it) {runs('lock_ms')}; "
+            f"seed (general log) {runs('log_lock_ms')}; raw (general log) {runs('lock_ms', rows=raws)}")
         worst = (max(r["stall_ms"] for r in seeds), max(r["base_stall_ms"] for r in seeds),
                  max(r["lock_ms"] for r in seeds))
         verdict = [
-            f"stall delta {stall - base:.1f} ms {'<=' if stall - base <= 50 else '>'} 50 "
-            f"(worst runs {worst[0]:.1f} - {worst[1]:.1f})",
-            f"lock {lock:.1f} ms {'<=' if lock <= 50 else '>'} 50 (worst run {worst[2]:.1f})",
-            f"ratio {pipe_s / seed_s:.2f} {'>=' if pipe_s / seed_s >= 3 else '<'} 3",
+            f"stall delta {stall - base:.1f} ms (worst runs {worst[0]:.1f} - {worst[1]:.1f})",
+            f"lock {lock:.1f} ms {'<=' if lock <= raw_lock + 10 else '>'} raw_lock + 10 = {raw_lock + 10:.1f} "
+            f"(worst run {worst[2]:.1f})",
+            f"overhead {seed_s / raw_s:.2f} {'<=' if seed_s / raw_s <= 1.3 else '>'} 1.3",
+            f"ratio {pipe_s / seed_s:.2f} {'>=' if pipe_s / seed_s >= 6 else '<'} 6",
         ]
-        say("targets (medians of the runs): " + "; ".join(verdict))
+        say("targets (medians of the runs; issue 10 holds them at 1 GB, the lock also at 100 MB): "
+            + "; ".join(verdict))
         return (f"seed size_mb={self.args.size_mb} engines={self.engines} stall_max_ms={stall:.1f} "
                 f"baseline_stall_max_ms={base:.1f} lock_ms={lock:.1f} seed_s={seed_s:.2f} "
-                f"pipe_s={pipe_s:.2f} ratio={pipe_s / seed_s:.2f}")
+                f"pipe_s={pipe_s:.2f} ratio={pipe_s / seed_s:.2f} raw_s={raw_s:.2f} "
+                f"raw_lock_ms={raw_lock:.1f} overhead={seed_s / raw_s:.2f}")
 
     # -- cleanup ---------------------------------------------------------------
 
     def cleanup(self):
+        # a second SIGTERM / Ctrl-C must not cut the cleanup short
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         if self.writer is not None and self.writer.is_alive():
             self.writer.stop()
-        # our own children (salt-call, mariadb-dump, mariadb) and what they left behind
-        # (mariadb-backup, mbstream are their children; orphans come to us: we are the subreaper)
+        # our own children (salt-run, socat, mariadb-backup, mbstream, mariadb-dump, mariadb) and
+        # what they left behind (orphans come to us: we are the subreaper)
         servers_pids = {s.pid() for s in self.servers.values()} - {None}
+        daemon_pids = set(self.daemons.values())
         for proc in self.procs:
             if proc.poll() is None:
                 for pid in descendants(proc.pid):
-                    if pid not in servers_pids:
+                    if pid not in servers_pids and pid not in daemon_pids:
                         _kill_pid(pid)
                 _kill_pid(proc.pid)
                 try:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     pass
+        # the salt-master and minions (their job processes, a seed's mariadb-backup included)
+        if self.daemons:
+            try:
+                sb.stop_pids([(pid, what) for what, pid in self.daemons.items()], timeout=20)
+            except Exception as exc:  # pylint: disable=broad-except
+                say(f"cleanup: salt daemons: {exc}")
         for pid in descendants(os.getpid()):
             if pid not in servers_pids and _comm(pid) in ("mariadb-backup", "mbstream", "mariadb-dump",
-                                                           "mariadb", "salt-call"):
+                                                           "mariadb", "socat", "salt-run"):
                 _kill_pid(pid)
-        for minion in self.minions.values():
-            try:
-                minion.stop_daemon()
-            except Exception as exc:  # pylint: disable=broad-except
-                say(f"cleanup: salt-minion {minion.name}: {exc}")
         if self.servers:
             try:
                 harness.stop_servers(self.servers.values())
@@ -1040,9 +1076,9 @@ def parse_args(argv=None):
                         "so STRICT stops on duplicate keys when the writer runs)")
     p.add_argument("--log-copy-interval", type=int, default=None,
                    help="mysqlrepl:seed:log_copy_interval in the pillar (default: the formula's)")
-    p.add_argument("--no-event-bus", dest="event_bus", action="store_false",
-                   help="do not run a masterless salt-minion per server (pure salt-call --local: "
-                        "each progress event.send of the seed then blocks its copy loop ~1 s)")
+    p.add_argument("--raw-port", type=int, default=34445, help="port of the raw runs' socat listener")
+    p.add_argument("--no-pipe", action="store_true",
+                   help="skip the mariadb-dump | mariadb runs (pipe_s and ratio print nan)")
     p.add_argument("--replica-tmpfs", action="store_true",
                    help="put the replica's files in /dev/shm (as if on another host's disk: its "
                         "writes then do not delay the master's commits here)")
@@ -1061,7 +1097,9 @@ def main(argv=None):
         say(f"got signal {signum}")
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # SIGTERM (timeout, kill) and SIGINT (Ctrl-C) end the bench like a failure: the same cleanup
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     bench = Bench(args)
     rc = 0
     line = None

@@ -823,7 +823,13 @@ def orchestrate(salt):
         if st.get("__id__") == "mysqlrepl-seed":
             seeded = ((st.get("changes") or {}).get("return") or {}).get("seeded") or {}
             for replica, info in seeded.items():
-                say(f"        seeded {replica}: {info}")
+                locks = info.get("master_locks") or {}
+                t = info.get("timings") or {}
+                say(f"        seeded {replica}: {(info.get('bytes') or 0) / 2**20:.0f} MB at {info.get('gtid')!r}, "
+                    f"stream {t.get('stream_s')} s, prepare {t.get('prepare_s')} s, swap {t.get('swap_s')} s, "
+                    f"caught up in {info.get('catch_up_s')} s, total {info.get('total_s')} s")
+                say(f"        master's commits held {locks.get('block_commit_ms')} ms by BACKUP STAGE "
+                    f"BLOCK_COMMIT (+-{locks.get('resolution_ms')} ms; source: {locks.get('source')})")
 
 
 def apply_formula(salt, names=NAMES):
