@@ -1294,7 +1294,7 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
                 connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
             with _u("mysqlrepl_db.closing")(mconn):
                 pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
-            waited = wait_for_gtid(pos, srv["name"], timeout=cfg["replication"]["wait_timeout"])
+            wait_for_gtid(pos, srv["name"], timeout=cfg["replication"]["wait_timeout"])
         except CommandExecutionError as exc:
             raise CommandExecutionError(f"{srv['name']} was seeded and replicates but did not catch up "
                                         f"with {master['name']}: {exc}") from exc

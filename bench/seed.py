@@ -72,12 +72,13 @@ Last line::
 minions are stopped by PID at the end, on a failure, and on SIGTERM or SIGINT (same cleanup).
 Exit code 0 only with the last line printed.
 """
+# ci-args: --size-mb 20 --runs 1
+# last-line: seed size_mb=<> engines=<> stall_max_ms=<> baseline_stall_max_ms=<> lock_ms=<> seed_s=<> pipe_s=<> ratio=<> raw_s=<> raw_lock_ms=<> overhead=<>
 
 import argparse
 import bisect
 import concurrent.futures
 import importlib.util
-import json
 import os
 import pathlib
 import secrets
@@ -93,8 +94,6 @@ import traceback
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-import yaml  # noqa: E402
 
 from tests.support import mariadb as harness  # noqa: E402
 

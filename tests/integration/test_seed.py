@@ -3,7 +3,6 @@ Seeding under load, the seed-002 lock/dump/unlock procedure, and REQUIRE SUBJECT
 """
 
 import copy
-import os
 import re
 import threading
 import time

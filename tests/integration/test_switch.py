@@ -411,7 +411,7 @@ def test_refused_when_new_master_purged_what_a_replica_needs(switch_ready, salt_
                  and [r["Log_name"] for r in db2.query("SHOW BINARY LOGS")] == [newest],
                  timeout=30, what=f"db2's binary logs purged to {newest}")
         failed = refused(salt_run_cli, mariadb_servers, "replicas' positions still in the new master's binary logs",
-                         f"db3 is at seq", keep=())
+                         "db3 is at seq", keep=())
         assert set(failed) == {"replicas' positions still in the new master's binary logs"}, failed
         assert newest in failed["replicas' positions still in the new master's binary logs"]
     finally:
