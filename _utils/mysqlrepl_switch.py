@@ -264,28 +264,27 @@ def settle_lost(new, st, clock=time.monotonic, sleep=time.sleep):
     """
     The block's connection to ``new`` was lost while making it writable. Over
     one fresh connection (``st["fresh_new"]()``): end the block's session
-    (:func:`end_session`), then read read_only. Returns ``(state, session)``:
-    state 0/1, ``None`` (the server is down) or ``"unknown"``; session
-    ``"gone"``, ``"down"`` or ``"unknown: <why>"``.
+    (:func:`end_session`), then read read_only. Returns ``(state, session,
+    conn)``: state 0/1, ``None`` (the server is down) or ``"unknown"``;
+    session ``"gone"``, ``"down"`` or ``"unknown: <why>"``; ``conn`` the fresh
+    :class:`Endpoint` (for a rollback's START SLAVE), or ``None``: the caller
+    closes it.
     """
     fresh = st.get("fresh_new")
     if fresh is None:
-        return "unknown", "unknown: no way to open a fresh connection"
+        return "unknown", "unknown: no way to open a fresh connection", None
     try:
         conn = fresh()
     except Exception as exc:  # pylint: disable=broad-except
-        return "unknown", f"unknown: cannot connect ({exc})"
+        return "unknown", f"unknown: cannot connect ({exc})", None
     if conn is None:
-        return None, "down"
+        return None, "down", None
+    session = end_session(conn, new.session_id, st, clock, sleep)
     try:
-        session = end_session(conn, new.session_id, st, clock, sleep)
-        try:
-            state = int(conn.run(st["read_only"])[0]["ro"])
-        except Exception:  # pylint: disable=broad-except
-            state = "unknown"
-    finally:
-        conn.close()
-    return state, session
+        state = int(conn.run(st["read_only"])[0]["ro"])
+    except Exception:  # pylint: disable=broad-except
+        state = "unknown"
+    return state, session, conn
 
 
 def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.sleep):
@@ -322,19 +321,27 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
     * ``promoted``: the new master is writable (it answered, or its answer was
       lost and a fresh session read read_only=0), at ``pos`` or beyond; the
       old master answered that read_only is set and nothing here undid it.
-    * ``aborted``: the old master answered that it is writable again and the
-      new master was never made writable; its replication was restarted, or
-      the reason says to restart it by hand.
-    * ``stopped``: the new master was not made writable by this block, or
-      whether it was is unknown; an operator decides. Each case says which
-      server's state is unknown: lost while setting read_only on the old
-      master (step 1), the old master may still be writable and the new one is
-      untouched (read-only, replicating); the old master lost after going
-      read-only (no position), or the new master made writable again failed,
-      both are read-only -- unless putting the old master back was lost, then
-      it may be writable; the new master's answer to read_only=0 lost and its
-      state unknown (or its session could not be made sure to be over), the
-      old master is read-only and the new one may be writable.
+    * ``aborted``: the old master answered that it is writable again; the new
+      master is read-only (never asked, or asked and then read read_only=1 with
+      the asking session over) or down (it restarts read-only); its
+      replication was restarted, or the reason says to restart it by hand.
+    * ``stopped``: an operator decides; which server may be writable depends
+      on where it stopped, and the reason names it:
+
+      - the old master lost while setting read_only (step 1): the old master
+        may still be writable (its state is unknown); the new one is untouched
+        (read-only, replicating);
+      - the old master lost after going read-only, before its position was
+        read: both are read-only;
+      - a rollback whose ``read_only=0`` on the old master failed: both are
+        read-only, unless that statement's answer was lost: then the old
+        master may be writable and the new one is read-only;
+      - the new master's answer to ``read_only=0`` lost and what took unknown
+        (no fresh connection, no answer, or its session not known to be
+        over): the old master is read-only, the new one may be writable.
+
+      So at most one server may be writable, and "stopped" alone does not say
+      none is: read the reason (and the servers) before naming a master.
 
     At no point are both writable: the new master is made writable only after
     the old one answered that read_only is set, and the old one is made
@@ -357,13 +364,16 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         out["total_ms"] = round((clock() - started) * 1000, 2)
         return out
 
-    def rollback(reason):
-        """Undo in reverse: the new master replicates again, then the old one takes writes."""
+    def rollback(reason, via=None):
+        """
+        Undo in reverse: the new master replicates again (through ``via``, a fresh
+        connection, when the block's own was lost), then the old one takes writes.
+        """
         notes = []
         if out["replica_stopped"]:
             t0 = clock()
             try:
-                new.run(st["start_replica"])
+                (via or new).run(st["start_replica"])
                 out["replica_stopped"] = False
                 done("rollback_start_replica", t0)
             except Exception as exc:  # pylint: disable=broad-except
@@ -475,23 +485,28 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
             # rollback), then read read_only: 0 -> it took; 1 -> it never will;
             # down -> it restarts read-only (read_only=ON in its config file).
             t1 = clock()
-            state, session = settle_lost(new, st, clock, sleep)
-            done("new_settle_lost", t1, ok=state == 0 or session in ("gone", "down"),
-                 session_id=new.session_id, session=session, read_only=state)
-            if state == 0:
-                out["new_writable"] = True
-                out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
-                return finish("promoted", f"{new.name} is writable at {pos} (its answer was lost, a new "
-                                          f"session confirms read_only=0); {old.name} is read-only")
-            if state is None or (state == 1 and session == "gone"):
-                return rollback(f"lost {new.name} while making it writable ({exc}); it is "
-                                + ("down (it restarts read-only)" if state is None else
-                                   f"read-only and the session that was asked ({new.session_id}) is over"))
-            why = (f"it reads read_only=1 but its session that was asked could not be ended ({session}): "
-                   "a late read_only=0 could still land" if state == 1 else
-                   f"its state is unknown ({session})")
-            return finish("stopped", f"lost {new.name} while making it writable ({exc}): {why}, so "
-                                     f"{old.name} stays read-only; {new.name} may be writable")
+            state, session, fresh = settle_lost(new, st, clock, sleep)
+            try:
+                done("new_settle_lost", t1, ok=state == 0 or session in ("gone", "down"),
+                     session_id=new.session_id, session=session, read_only=state)
+                if state == 0:
+                    out["new_writable"] = True
+                    out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
+                    return finish("promoted", f"{new.name} is writable at {pos} (its answer was lost, a new "
+                                              f"session confirms read_only=0); {old.name} is read-only")
+                if state is None or (state == 1 and session == "gone"):
+                    return rollback(f"lost {new.name} while making it writable ({exc}); it is "
+                                    + ("down (it restarts read-only)" if state is None else
+                                       f"read-only and the session that was asked ({new.session_id}) is over"),
+                                    via=fresh)
+                why = (f"it reads read_only=1 but its session that was asked could not be ended ({session}): "
+                       "a late read_only=0 could still land" if state == 1 else
+                       f"its state is unknown ({session})")
+                return finish("stopped", f"lost {new.name} while making it writable ({exc}): {why}, so "
+                                         f"{old.name} stays read-only; {new.name} may be writable")
+            finally:
+                if fresh is not None:
+                    fresh.close()
         return rollback(f"{new.name} refused read_only=0 ({exc})")
     out["new_writable"] = True
     out["block_ms"] = round((clock() - blocked_at) * 1000, 2)

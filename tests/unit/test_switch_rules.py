@@ -224,13 +224,16 @@ def test_old_master_lost_after_read_only_stops_everything_read_only():
 
 
 def lost_new():
-    return Script({"wait": [{"result": 0}]}, fail={"new_rw": _err(2013, "Lost connection")})
+    # the block's own connection is gone: nothing sent on it after read_only=0 can work
+    return Script({"wait": [{"result": 0}]}, fail={"new_rw": _err(2013, "Lost connection"),
+                                                   "start": _err(2006, "MySQL server has gone away")})
 
 
 def test_new_master_lost_after_stop_rolls_back_when_it_is_down():
     old = Script({"pos": [{"pos": "0-11-7"}]})
     out = run(old, lost_new(), statements(NewMaster(down=True)))
     assert out["outcome"] == "aborted" and "down (it restarts read-only)" in out["reason"]
+    assert "restart its replication by hand" in out["reason"]  # nothing to send it to
     assert old.sent[-1] == "old_rw"
 
 
@@ -253,7 +256,9 @@ def test_lost_new_master_session_is_killed_before_read_only_is_read():
     old = Script({"pos": [{"pos": "0-11-7"}]})
     fresh = NewMaster(read_only=1, running=42)
     out = run(old, lost_new(), statements(fresh), session_id=42)
-    assert [s[0] for s in fresh.sent] == ["kill", "session", "ro"]
+    # then the rollback restarts replication through the fresh connection
+    assert [s[0] for s in fresh.sent] == ["kill", "session", "ro", "start"]
+    assert "by hand" not in out["reason"] and not out["replica_stopped"]
     assert fresh.sent[0] == ("kill", 42) and fresh.sent[1] == ("session", 42)
     assert fresh.read_only == 1, "the late read_only=0 landed"
     assert out["outcome"] == "aborted" and old.sent[-1] == "old_rw"
@@ -269,7 +274,7 @@ def test_lost_new_master_session_already_gone_counts_as_over():
     fresh = NewMaster(read_only=1, running=None)  # the session died with its connection
     out = run(old, lost_new(), statements(fresh), session_id=42)
     assert out["outcome"] == "aborted" and old.sent[-1] == "old_rw"
-    assert [s[0] for s in fresh.sent] == ["kill", "session", "ro"]
+    assert [s[0] for s in fresh.sent] == ["kill", "session", "ro", "start"]
 
 
 def test_lost_new_master_waits_until_the_killed_session_is_gone():
@@ -283,7 +288,7 @@ def test_lost_new_master_waits_until_the_killed_session_is_gone():
     old = Script({"pos": [{"pos": "0-11-7"}]})
     fresh = NewMaster(read_only=1, running=42, listed=3)  # still listed (rolling back) for 3 reads
     out = run(old, lost_new(), statements(fresh), clock=lambda: now[0], sleep=sleep)
-    assert [s[0] for s in fresh.sent] == ["kill", "session", "session", "session", "session", "ro"]
+    assert [s[0] for s in fresh.sent] == ["kill", "session", "session", "session", "session", "ro", "start"]
     assert len(slept) == 3 and out["outcome"] == "aborted"
 
 
