@@ -90,17 +90,18 @@ def record(salt_run_cli):
     return run_return(salt_run_cli.run("mysqlrepl.record", TOPO))["record"]
 
 
-def own_cli(salt_master):
+def own_cli(salt_master, timeout=SALT_TIMEOUT):
     """A salt-run CLI of its own: one CLI object must not run two commands at once (they mix results)."""
-    return salt_master.salt_run_cli(timeout=SALT_TIMEOUT)
+    return salt_master.salt_run_cli(timeout=timeout)
 
 
 class Background:
     """``salt-run mysqlrepl.<fun>`` in a thread, on its own CLI (faults are injected while it holds)."""
 
-    def __init__(self, salt_master, fun, *args):
+    def __init__(self, salt_master, fun, *args, timeout=SALT_TIMEOUT):
         self.out = None
-        self.thread = threading.Thread(target=self._run, args=(own_cli(salt_master), fun, args), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(own_cli(salt_master, timeout), fun, args),
+                                       daemon=True)
         self.thread.start()
 
     def _run(self, salt_run_cli, fun, args):
@@ -422,11 +423,11 @@ def test_lost_answer_with_new_master_writable_goes_forward_without_demoting(
 
     db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
     sw = topology["pillar"]["mysqlrepl"]["switch"]
-    hold = 3
+    hold = 5
     # the shortest wait the minion accepts (it refuses one the block could outlast)
     limit = int(time_limits(sw.get("lock_budget", 1), sw["catchup_timeout"], hold)["worst_s"]) + 5
     bg = Background(salt_master, "switch", "new_master=db2", "hold_after=new_writable", f"hold_s={hold}",
-                    f"critical_timeout={limit}")
+                    f"critical_timeout={limit}", timeout=limit + 120)
     # the job is found while it starts; it is killed once db2 is writable (while it holds)
     pid = wait_for(lambda: minion_job_pid(salt_cli, "db2", "mysqlrepl.switch_critical"), timeout=90,
                    interval=0.5, what="the switch_critical job on db2")
