@@ -1645,6 +1645,9 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None, t
             problem = f"{old} is already read-only: nothing to switch from; nothing changed"
         elif int(_one(new_conn, _sql("SELECT_READ_ONLY"))["ro"]) != 1:
             problem = f"{srv['name']} is writable before the switch; nothing changed"
+        # the session the block makes the new master writable in: if its answer is lost,
+        # this session is killed (and seen gone) before anyone decides what took
+        session_id = int(_one(new_conn, _sql("SESSION_ID"))["id"])
         if problem:
             return {"outcome": "aborted", "reason": problem, "steps": [], "pos": None, "block_ms": None,
                     "switch_jid": switch_jid}
@@ -1666,31 +1669,35 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None, t
             "enable_events": [_sql("alter_event")(db, name, True) for db, name in (events or [])],
         }
         params = _u("mysqlrepl_db.local_params")(srv, __opts__)
-        ro_sql = _sql("SELECT_READ_ONLY")[0]
+        fresh_s = limits["fresh_io_s"]
+        endpoint = _u("mysqlrepl_switch.endpoint")
+        run = _u("mysqlrepl_db.run")
 
-        def probe_new():
+        def fresh_new():
             """
-            The new master's read_only over a fresh socket connection; None only when
-            the server is down (socket refused or gone), "unknown" for anything else.
+            The new master over a fresh socket connection (answers bounded by
+            ``fresh_s``), for a block whose own connection to it was lost; None only
+            when the server is down (socket refused or gone and the pid file names
+            no live process); raises when it cannot tell.
             """
             try:
                 conn = pymysql.connect(unix_socket=params["unix_socket"], user=params["user"],
                                        password=params.get("password", ""), ssl_disabled=True,
-                                       connect_timeout=2, read_timeout=2)
+                                       connect_timeout=fresh_s, read_timeout=fresh_s, write_timeout=fresh_s,
+                                       autocommit=True, cursorclass=pymysql.cursors.DictCursor)
             except pymysql.err.MySQLError as exc:
                 code = exc.args[0] if exc.args else None
-                # down = the socket refuses AND the pid file names no live process
-                return None if code in (2002, 2003) and _server_process_alive(srv) is False else "unknown"
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(ro_sql)
-                    return int(cur.fetchone()[0])
-            except pymysql.err.MySQLError:
-                return "unknown"
-            finally:
-                conn.close()
+                if code in (2002, 2003) and _server_process_alive(srv) is False:
+                    return None
+                raise CommandExecutionError(f"cannot connect to {srv['name']}: {exc}") from exc
+            return endpoint(srv["name"], conn, run)
 
-        st["probe_new"] = probe_new
+        st.update({
+            "fresh_new": fresh_new,
+            "kill": _sql("kill_connection"),
+            "session": _sql("processlist_by_id"),
+            "read_only": _sql("SELECT_READ_ONLY"),
+        })
         spent = time.monotonic() - started
         if time_limit is not None and spent + limits["worst_s"] > float(time_limit) - 2:
             return {"outcome": "aborted", "steps": [], "pos": None, "block_ms": None, "switch_jid": switch_jid,
@@ -1698,10 +1705,8 @@ def switch_critical(old, server=None, events=None, switch_jid=None, hold=None, t
                                f"could outlast the runner's {time_limit}s; nothing changed")}
         if st["enable_events"]:
             _run(new_conn, _sql("SESSION_NO_BINLOG"))
-        endpoint = _u("mysqlrepl_switch.endpoint")
-        run = _u("mysqlrepl_db.run")
         out = _u("mysqlrepl_switch.critical_section")(
-            endpoint(old, old_conn, run), endpoint(srv["name"], new_conn, run), st, hold=hold)
+            endpoint(old, old_conn, run), endpoint(srv["name"], new_conn, run, session_id), st, hold=hold)
         out["killed_sessions"] = []
         if out["outcome"] == "promoted" and sw["kill_app_sessions"]:
             exempt = {u for u, _h in _exempt_accounts(cfg, peer)} | {cfg["admin"]["user"]}

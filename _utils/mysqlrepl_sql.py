@@ -465,6 +465,8 @@ APP_SESSIONS = (
 )
 
 SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
+# this connection's session id (what KILL CONNECTION and the process list name it by)
+SESSION_ID = ("SELECT CONNECTION_ID() AS id", None)
 SHOW_BINARY_LOGS = ("SHOW BINARY LOGS", None)
 
 

@@ -172,42 +172,127 @@ def definer_can_bypass(definer, accounts, role_grants, bit=READ_ONLY_ADMIN_BIT):
 # ---------------------------------------------------------------------------
 
 class Endpoint:
-    """A server inside the critical section: its name, an open connection, ``run``."""
+    """
+    A server inside the critical section: its name, an open connection, ``run``,
+    and the server's id for that connection's session (``CONNECTION_ID()``, read
+    when it was opened; ``None`` when unknown).
+    """
 
-    def __init__(self, name, conn, run):
+    def __init__(self, name, conn, run, session_id=None):
         self.name = name
         self.conn = conn
         self._run = run
+        self.session_id = session_id
 
     def run(self, statement):
         return self._run(self.conn, statement)
 
+    def close(self):
+        try:
+            self.conn.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
 
-def endpoint(name, conn, run):
+
+def endpoint(name, conn, run, session_id=None):
     """An :class:`Endpoint` (Salt's ``__utils__`` exposes functions, not classes)."""
-    return Endpoint(name, conn, run)
+    return Endpoint(name, conn, run, session_id)
+
+
+# a lost connection to the new master is settled over one fresh connection:
+# each of its answers is bounded by FRESH_IO_S, and a killed session must have
+# left the process list within SESSION_GONE_S
+FRESH_IO_S = 2
+SESSION_GONE_S = 2
+UNKNOWN_THREAD = 1094
+
+
+def end_session(conn, session_id, st, clock=time.monotonic, sleep=time.sleep, timeout=SESSION_GONE_S,
+                interval=0.05):
+    """
+    Make sure the session ``session_id`` is over, through ``conn`` (an
+    :class:`Endpoint` on a fresh connection to the same server): ``KILL
+    CONNECTION`` (no such thread is fine), then wait until the process list no
+    longer shows it, at most ``timeout`` seconds. Once it is gone, a statement
+    it was running has either taken effect or never will. ``st["kill"](id)``
+    and ``st["session"](id)`` are the statements. Returns ``"gone"`` or
+    ``"unknown: <why>"``.
+    """
+    if session_id is None:
+        return "unknown: its session id was not read when the connection was opened"
+    try:
+        conn.run(st["kill"](session_id))
+    except Exception as exc:  # pylint: disable=broad-except
+        if error_code(exc) != UNKNOWN_THREAD:
+            return f"unknown: KILL CONNECTION {session_id} failed ({exc})"
+    deadline = clock() + timeout
+    while True:
+        try:
+            rows = conn.run(st["session"](session_id))
+        except Exception as exc:  # pylint: disable=broad-except
+            return f"unknown: cannot read the process list ({exc})"
+        if not rows:
+            return "gone"
+        if clock() >= deadline:
+            row = rows[0]
+            return (f"unknown: session {session_id} is still listed after {timeout}s "
+                    f"({row.get('command')}, {row.get('state')})")
+        sleep(interval)
 
 
 def time_limits(lock_budget, catchup_timeout, hold_s=0):
     """
     The write block's time limits, shared by the runner and the minion:
     ``io_s`` bounds every answer inside it, ``deadline_s`` (from its start)
-    is the last moment the new master may be promoted, ``worst_s`` is the
-    longest it can take from its start (deadline, one promotion statement,
-    two rollback statements), and ``runner_s`` is how long the runner waits
-    for the job by default (``worst_s`` plus 20 s for connecting first).
+    is the last moment the new master may be promoted, ``lost_s`` bounds
+    settling a connection to the new master lost while it is made writable
+    (one fresh connection: connect, KILL, the session gone, read_only),
+    ``worst_s`` is the longest the block can take from its start (deadline,
+    one promotion statement, ``lost_s``, two rollback statements), and
+    ``runner_s`` is how long the runner waits for the job by default
+    (``worst_s`` plus 20 s for connecting first).
     """
     io_s = int(lock_budget + catchup_timeout + hold_s + 10)
     deadline_s = lock_budget + catchup_timeout + hold_s + 30
-    worst_s = deadline_s + 3 * io_s
-    return {"io_s": io_s, "deadline_s": deadline_s, "worst_s": worst_s, "runner_s": int(worst_s + 20)}
+    lost_s = 4 * FRESH_IO_S + SESSION_GONE_S
+    worst_s = deadline_s + 3 * io_s + lost_s
+    return {"io_s": io_s, "deadline_s": deadline_s, "lost_s": lost_s, "worst_s": worst_s,
+            "fresh_io_s": FRESH_IO_S, "runner_s": int(worst_s + 20)}
+
+
+def settle_lost(new, st, clock=time.monotonic, sleep=time.sleep):
+    """
+    The block's connection to ``new`` was lost while making it writable. Over
+    one fresh connection (``st["fresh_new"]()``): end the block's session
+    (:func:`end_session`), then read read_only. Returns ``(state, session,
+    conn)``: state 0/1, ``None`` (the server is down) or ``"unknown"``;
+    session ``"gone"``, ``"down"`` or ``"unknown: <why>"``; ``conn`` the fresh
+    :class:`Endpoint` (for a rollback's START SLAVE), or ``None``: the caller
+    closes it.
+    """
+    fresh = st.get("fresh_new")
+    if fresh is None:
+        return "unknown", "unknown: no way to open a fresh connection", None
+    try:
+        conn = fresh()
+    except Exception as exc:  # pylint: disable=broad-except
+        return "unknown", f"unknown: cannot connect ({exc})", None
+    if conn is None:
+        return None, "down", None
+    session = end_session(conn, new.session_id, st, clock, sleep)
+    try:
+        state = int(conn.run(st["read_only"])[0]["ro"])
+    except Exception:  # pylint: disable=broad-except
+        state = "unknown"
+    return state, session, conn
 
 
 def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.sleep):
     """
     Move the write role from ``old`` to ``new`` (both :class:`Endpoint`, with
-    connections opened and tested before the call). ``st`` holds the
-    statements, built beforehand::
+    connections opened and tested before the call; ``new.session_id`` is its
+    connection's ``CONNECTION_ID()``). ``st`` holds the statements, built
+    beforehand::
 
         old_read_only        SET STATEMENT lock_wait_timeout=<budget> FOR SET GLOBAL read_only=1
         old_writable         SET GLOBAL read_only=0 (rollback)
@@ -215,8 +300,13 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         wait(pos)            MASTER_GTID_WAIT(pos, <timeout>) on the new master
         stop_replica / start_replica / new_writable / replica_status
         enable_events        ALTER EVENT ... ENABLE for events the new master must run
-        probe_new()          optional: the new master's read_only through a fresh
-                             connection, None when it is down, "unknown" otherwise
+        fresh_new()          optional: an Endpoint on a fresh connection to the new
+                             master, None when the server is down (it raises when it
+                             cannot tell); used only when the block's own connection
+                             to it is lost while making it writable
+        kill(id) / session(id) / read_only
+                             KILL CONNECTION, that session's process-list row,
+                             SELECT @@GLOBAL.read_only AS ro (on the fresh connection)
         deadline_s           optional: past it, roll back instead of promoting
 
     ``hold``: ``{"after": step, "seconds": s}`` pauses after a step (fault
@@ -226,16 +316,38 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
          "old_read_only": True/False/None (unknown), "new_writable": bool,
          "steps": [{"step", "ms", "ok"}], "block_ms": read_only to writable}
 
-    * ``aborted``: nothing is left changed (old master writable again, new
-      master replicating as before).
-    * ``stopped``: no server is writable and the reason says why (the old
-      master was lost after going read-only, or the outcome of a statement is
-      unknown): an operator decides.
-    * ``promoted``: the new master is writable, the old one read-only.
+    What each outcome guarantees (the reason says which case it is):
+
+    * ``promoted``: the new master is writable (it answered, or its answer was
+      lost and a fresh session read read_only=0), at ``pos`` or beyond; the
+      old master answered that read_only is set and nothing here undid it.
+    * ``aborted``: the old master answered that it is writable again; the new
+      master is read-only (never asked, or asked and then read read_only=1 with
+      the asking session over) or down (it restarts read-only); its
+      replication was restarted, or the reason says to restart it by hand.
+    * ``stopped``: an operator decides; which server may be writable depends
+      on where it stopped, and the reason names it:
+
+      - the old master lost while setting read_only (step 1): the old master
+        may still be writable (its state is unknown); the new one is untouched
+        (read-only, replicating);
+      - the old master lost after going read-only, before its position was
+        read: both are read-only;
+      - a rollback whose ``read_only=0`` on the old master failed: both are
+        read-only, unless that statement's answer was lost: then the old
+        master may be writable and the new one is read-only;
+      - the new master's answer to ``read_only=0`` lost and what took unknown
+        (no fresh connection, no answer, or its session not known to be
+        over): the old master is read-only, the new one may be writable.
+
+      So at most one server may be writable, and "stopped" alone does not say
+      none is: read the reason (and the servers) before naming a master.
 
     At no point are both writable: the new master is made writable only after
     the old one answered that read_only is set, and the old one is made
-    writable again only while the new one is certainly read-only.
+    writable again only while the new one is certainly read-only and cannot
+    become writable later (never asked to, or its session that was asked is
+    known to be over, or the server is down and restarts read-only).
     """
     out = {"outcome": None, "reason": "", "pos": None, "old_read_only": False,
            "new_writable": False, "replica_stopped": False, "steps": [], "block_ms": None}
@@ -252,13 +364,16 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         out["total_ms"] = round((clock() - started) * 1000, 2)
         return out
 
-    def rollback(reason):
-        """Undo in reverse: the new master replicates again, then the old one takes writes."""
+    def rollback(reason, via=None):
+        """
+        Undo in reverse: the new master replicates again (through ``via``, a fresh
+        connection, when the block's own was lost), then the old one takes writes.
+        """
         notes = []
         if out["replica_stopped"]:
             t0 = clock()
             try:
-                new.run(st["start_replica"])
+                (via or new).run(st["start_replica"])
                 out["replica_stopped"] = False
                 done("rollback_start_replica", t0)
             except Exception as exc:  # pylint: disable=broad-except
@@ -271,6 +386,11 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
             done("rollback_old_writable", t0)
         except Exception as exc:  # pylint: disable=broad-except
             done("rollback_old_writable", t0, ok=False, error=str(exc))
+            if error_kind(exc) == "lost":
+                out["old_read_only"] = None
+                return finish("stopped", f"{reason}; putting {old.name} back failed ({exc}): whether it "
+                                         f"took is unknown ({old.name} may be writable); {new.name} is "
+                                         "read-only")
             return finish("stopped", f"{reason}; putting {old.name} back failed ({exc}): every server is "
                                      "read-only, no master takes writes")
         if notes:
@@ -358,22 +478,35 @@ def critical_section(old, new, st, hold=None, clock=time.monotonic, sleep=time.s
         done("new_writable", t0, ok=False, error=str(exc))
         if error_kind(exc) == "lost":
             # The new master is local to this minion (unix socket): a lost
-            # connection means the server died or the session was killed. Ask
-            # a fresh connection: down -> it restarts read-only (read_only=ON
-            # in its config file); read_only=1 -> not writable; 0 -> it took.
-            probe = st.get("probe_new")
-            state = probe() if probe else "unknown"
-            if state == 0:
-                out["new_writable"] = True
-                out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
-                return finish("promoted", f"{new.name} is writable at {pos} (its answer was lost, a new "
-                                          f"session confirms read_only=0); {old.name} is read-only")
-            if state in (1, None):
-                return rollback(f"lost {new.name} while making it writable ({exc}); it is "
-                                + ("down (it restarts read-only)" if state is None else "read-only"))
-            return finish("stopped", f"lost {new.name} while making it writable ({exc}): whether it took "
-                                     f"effect is unknown, so {old.name} stays read-only; no server is "
-                                     "known to be writable")
+            # connection means the server died, the session was killed, or its
+            # answer did not come in time -- and then its SET GLOBAL read_only=0
+            # may still be running. Over one fresh connection: end that session
+            # and wait until it is gone (so the statement cannot land after a
+            # rollback), then read read_only: 0 -> it took; 1 -> it never will;
+            # down -> it restarts read-only (read_only=ON in its config file).
+            t1 = clock()
+            state, session, fresh = settle_lost(new, st, clock, sleep)
+            try:
+                done("new_settle_lost", t1, ok=state == 0 or session in ("gone", "down"),
+                     session_id=new.session_id, session=session, read_only=state)
+                if state == 0:
+                    out["new_writable"] = True
+                    out["block_ms"] = round((clock() - blocked_at) * 1000, 2)
+                    return finish("promoted", f"{new.name} is writable at {pos} (its answer was lost, a new "
+                                              f"session confirms read_only=0); {old.name} is read-only")
+                if state is None or (state == 1 and session == "gone"):
+                    return rollback(f"lost {new.name} while making it writable ({exc}); it is "
+                                    + ("down (it restarts read-only)" if state is None else
+                                       f"read-only and the session that was asked ({new.session_id}) is over"),
+                                    via=fresh)
+                why = (f"it reads read_only=1 but its session that was asked could not be ended ({session}): "
+                       "a late read_only=0 could still land" if state == 1 else
+                       f"its state is unknown ({session})")
+                return finish("stopped", f"lost {new.name} while making it writable ({exc}): {why}, so "
+                                         f"{old.name} stays read-only; {new.name} may be writable")
+            finally:
+                if fresh is not None:
+                    fresh.close()
         return rollback(f"{new.name} refused read_only=0 ({exc})")
     out["new_writable"] = True
     out["block_ms"] = round((clock() - blocked_at) * 1000, 2)

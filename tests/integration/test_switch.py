@@ -438,7 +438,7 @@ def test_highstate_keeps_master_read_only_while_another_server_is_writable(switc
     assert_db1_master_db2_replica(mariadb_servers)
 
 
-def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_run_cli, salt_cli,
+def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_run_cli, salt_cli, salt_master,
                                                              mariadb_servers, topology):
     import os  # pylint: disable=import-outside-toplevel
     import signal  # pylint: disable=import-outside-toplevel
@@ -452,7 +452,9 @@ def test_hung_critical_section_job_is_killed_before_deciding(switch_ready, salt_
     hold = 10
     # just long enough for the minion to start the block (it refuses a limit the block could outlast)
     limit = int(time_limits(sw.get("lock_budget", 1), sw.get("catchup_timeout", 5), hold)["worst_s"]) + 5
-    bg = Background(salt_run_cli, "db2", "hold_after=new_stop_replica", f"hold_s={hold}", f"critical_timeout={limit}")
+    # its own CLI, allowed to outlive the runner's wait plus settling the job and reading the servers
+    bg = Background(salt_master.salt_run_cli(timeout=limit + 120), "db2", "hold_after=new_stop_replica",
+                    f"hold_s={hold}", f"critical_timeout={limit}")
     wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
              timeout=30, what="STOP SLAVE on db2")
     jobs = salt_cli.run("saltutil.running", minion_tgt="db2").data
