@@ -479,6 +479,14 @@ def record(topology=None):  # pylint: disable=redefined-outer-name
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _fail({"result": False}, str(exc))
     if rec is None:
+        if topology:
+            # no record: a topology no minion has is a typo, not "the pillar files rule"
+            try:
+                _topology(name, timeout=10)
+            except (CommandExecutionError, SaltInvocationError) as exc:
+                return _fail({"result": False, "topology": name, "record": None},
+                             f"no record for {name}, and no minion answers with that topology ({exc}): "
+                             "check the name")
         return {"result": True, "topology": name, "record": None,
                 "comment": f"no record for {name}: mysqlrepl:master in the pillar files rules"}
     comment = f"{name}: master is {rec['master']} ({rec['address']}) since {rec['since']}"

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import threading
-import time
 
 import pymysql
 import pytest
@@ -197,10 +196,6 @@ def test_failing_runners_exit_1_and_say_why(ready, salt_run_cli, mariadb_servers
     assert fingerprint(mariadb_servers) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RUNNER BUG (_runners/mysqlrepl.py record): with topology= named, record() only reads "
-    "<cachedir>/mysqlrepl/<name>.json and returns result True, exit 0, 'no record for <name>: "
-    "mysqlrepl:master in the pillar files rules' for a topology no minion has (a typo)"))
 def test_record_of_an_unknown_topology_exits_1(ready, salt_run_cli):
     code, data = salt_run(salt_run_cli, "record", "topology=nosuch")
     assert_failed(code, data, "nosuch")
@@ -392,7 +387,7 @@ def test_old_master_that_wrote_past_the_captured_position_is_not_demoted(ready, 
 
 def test_new_master_session_lost_at_promotion_is_killed_then_rolled_back(ready, salt_run_cli, salt_master,
                                                                           mariadb_servers):
-    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    db2 = mariadb_servers["db2"]
     offset = db2.general_log.stat().st_size
     bg = Background(salt_master, "switch", "new_master=db2", "hold_after=new_stop_replica", "hold_s=4")
     wait_for(lambda: (db2.query("SHOW SLAVE STATUS") or [{}])[0].get("Slave_SQL_Running") == "No",
