@@ -70,6 +70,27 @@ def check_last_line(output, form):
     return None
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the runner: the running bench was stopped, no other starts."""
+
+
+CURRENT = {"proc": None}
+
+
+def _stop(signum, _frame):
+    # the bench runs in its own session (so a Ctrl-C on the terminal reaches only this runner):
+    # pass the signal on, let it clean up (servers, Salt daemons), then stop
+    proc = CURRENT["proc"]
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_one(path, args, form, timeout):
     OUT_DIR.mkdir(exist_ok=True)
     log = OUT_DIR / f"ci-{path.stem}.log"
@@ -78,6 +99,7 @@ def run_one(path, args, form, timeout):
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        CURRENT["proc"] = proc
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -89,6 +111,8 @@ def run_one(path, args, form, timeout):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             rc = f"timeout after {timeout} s"
+        finally:
+            CURRENT["proc"] = None
     elapsed = time.monotonic() - started
     output = log.read_text(encoding="utf-8", errors="replace")
     problem = f"exit {rc}" if rc != 0 else check_last_line(output, form)
@@ -113,6 +137,8 @@ def main():
     if not benches:
         print("run_benches: no bench found", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     failures = {}
     for path in benches:
         decl, why = declarations(path)
@@ -131,4 +157,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Stopped as exc:
+        print(f"run_benches: stopped by {exc}; the running bench was stopped and cleaned up", file=sys.stderr)
+        sys.exit(1)
