@@ -1454,14 +1454,17 @@ def dump(path, server=None, databases=None):
     # (a dump of mysql.* carries password hashes), and a failed dump leaves
     # whatever was there untouched.
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CommandExecutionError(f"cannot dump to {path}: {directory} is not a directory")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".mysqlrepl-tmp", dir=directory)
+    out = os.fdopen(fd, "wb")  # owns the descriptor from here on: closed on every path
     try:
-        with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
-            with os.fdopen(fd, "wb") as out:
-                proc = subprocess.run(
-                    ["mariadb-dump", f"--defaults-extra-file={optfile}", *argv_tail],
-                    stdout=out, stderr=subprocess.PIPE, check=False,
-                )
+        client = {"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}
+        with out, _u("mysqlrepl_db.option_file")(client) as optfile:
+            proc = subprocess.run(
+                ["mariadb-dump", f"--defaults-extra-file={optfile}", *argv_tail],
+                stdout=out, stderr=subprocess.PIPE, check=False,
+            )
         if proc.returncode != 0:
             raise CommandExecutionError(f"mariadb-dump failed: {proc.stderr.decode(errors='replace').strip()}")
         os.chmod(tmp, 0o600)

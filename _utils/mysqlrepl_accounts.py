@@ -42,7 +42,10 @@ def plan(cfg, facts, password_hash, want_type, subject=None):
         out["account"] = f"create {repl['user']}@{repl['host']} ({want_type})"
     else:
         if row["ssl_type"] != want_type or (subject and row["x509_subject"] != subject):
-            out["require"] = {"old": row["ssl_type"] or "NONE", "new": want_type}
+            old, new = row["ssl_type"] or "NONE", want_type
+            if subject:  # REQUIRE SUBJECT: say which subject, not SPECIFIED -> SPECIFIED
+                old, new = f"{old} {row['x509_subject'] or ''}".strip(), f"{new} {subject}"
+            out["require"] = {"old": old, "new": new}
         if facts["is_mariadb"] and row["auth"] != password_hash(repl["password"]):
             out["password"] = "differs (not shown)"
         grants = _grants_text(facts.get("repl_grants"))

@@ -257,7 +257,8 @@ LOCK_WATCH_SQL = (
     "SELECT LOCK_MODE FROM information_schema.METADATA_LOCK_INFO WHERE LOCK_MODE IN ("
     + ", ".join(f"'{mode}'" for mode in STAGE_MODES) + ")"
 )
-LOCK_WATCH_SOURCE = "server: information_schema.METADATA_LOCK_INFO polled every ~{:g} ms"
+LOCK_WATCH_SOURCE = ("server: information_schema.METADATA_LOCK_INFO polled every ~{:g} ms near the end "
+                     "stages (resolution_ms: the longest gap actually seen)")
 
 
 def stage_spans(observations):

@@ -825,7 +825,7 @@ def orchestrate(salt):
             for replica, info in seeded.items():
                 locks = info.get("master_locks") or {}
                 t = info.get("timings") or {}
-                say(f"        seeded {replica}: {(info.get('bytes') or 0) / 2**20:.0f} MB at {info.get('gtid')!r}, "
+                say(f"        seeded {replica}: {(info.get('bytes') or 0) / 2**20:.0f} MB at GTID {info.get('gtid') or '(none yet)'}, "
                     f"stream {t.get('stream_s')} s, prepare {t.get('prepare_s')} s, swap {t.get('swap_s')} s, "
                     f"caught up in {info.get('catch_up_s')} s, total {info.get('total_s')} s")
                 say(f"        master's commits held {locks.get('block_commit_ms')} ms by BACKUP STAGE "

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.support.secrets import ProcSampler, ServerSampler
-from tests.support.topology import ADMIN_PASSWORD, PASSWORD, build_pillar
+from tests.support.topology import ADMIN_PASSWORD, PASSWORD, SWITCH_PASSWORD, build_pillar
 
 
 def pytest_collection_modifyitems(items):
@@ -27,7 +27,10 @@ def secrets_watch(mariadb_servers):
     before the setup orchestration to the end of the session: seeds, switches,
     rotations included. ``test_secrets.py``'s last test reads the hits.
     """
-    procs = ProcSampler(PASSWORD)
+    # argv/environ: every password of the harness; the servers: the replication password
+    # (the only one any statement could carry: the others go as client-side hashes or in
+    # option files)
+    procs = ProcSampler([PASSWORD, ADMIN_PASSWORD, SWITCH_PASSWORD])
     servers = ServerSampler(PASSWORD, mariadb_servers)
     procs.start()
     servers.start()

@@ -18,6 +18,7 @@ import pathlib
 import pwd
 import re
 import stat
+import time
 
 import pytest
 
@@ -125,6 +126,12 @@ def test_failed_dump_leaves_the_existing_file_alone(topology, mariadb_servers, s
     assert not list(path.parent.glob(f".{path.name}.*")), "temporary file left behind"
 
 
+def test_dump_into_a_missing_directory_says_so(topology, salt_cli, harness_root):
+    path = harness_root / "no-such-dir" / "x.sql"
+    ret = salt_cli.run("mysqlrepl.dump", str(path), "databases=mysql", minion_tgt="db1")
+    assert "is not a directory" in ret.stdout and "Traceback" not in ret.stdout, ret
+
+
 # (a rotation test sets the password to PASSWORD + a suffix)
 CREDENTIAL_STATEMENT = re.compile(r"^CHANGE MASTER TO MASTER_PASSWORD = '\*\*\*[^']*', MASTER_HEARTBEAT_PERIOD = [0-9.eE+-]+$")
 
@@ -134,6 +141,14 @@ def test_the_whole_session_kept_the_password_out_of_argv_environ_and_process_lis
     # runs last (conftest): the samplers ran from before the setup orchestration
     # through every seed, switch and rotation of the session
     procs, servers = secrets_watch["procs"], secrets_watch["servers"]
+    # both still sampling now, at the end of the session (a sampler that died early would
+    # have seen nothing of the later seeds and switches)
+    now = time.monotonic()
+    for sampler in (procs, servers):
+        assert sampler.is_alive() and sampler.last_sample is not None and now - sampler.last_sample < 10, sampler
+    # stopped here, so their last pass over the history tables is part of what is checked
+    procs.stop()
+    servers.stop()
     assert procs.samples > 100 and procs.hits == [], (procs.samples, procs.hits[:5])
     assert min(servers.samples.values()) > 100 and min(servers.ps_samples.values()) > 5, (
         servers.samples, servers.ps_samples)
@@ -142,3 +157,4 @@ def test_the_whole_session_kept_the_password_out_of_argv_environ_and_process_lis
     # the one statement that carries it was seen (the sampler can see it; the
     # check above would prove nothing otherwise), only where links were made
     assert servers.hits, "the sampler never saw the credential statement: it may see nothing at all"
+

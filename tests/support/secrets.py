@@ -43,12 +43,13 @@ PROCESSLIST_QUERY = ("SELECT INFO AS t FROM information_schema.PROCESSLIST "
 class ProcSampler(threading.Thread):
     """Samples /proc/*/cmdline and /proc/*/environ every few ms, keeping hits for ``needle``."""
 
-    def __init__(self, needle, interval=0.005):
+    def __init__(self, needles, interval=0.005):
         super().__init__(daemon=True)
-        self.needle = needle.encode()
+        self.needles = [n.encode() for n in ([needles] if isinstance(needles, str) else needles)]
         self.interval = interval
         self.stop_event = threading.Event()
         self.samples = 0
+        self.last_sample = None
         self.hits = []
 
     def run(self):
@@ -62,9 +63,15 @@ class ProcSampler(threading.Thread):
                             data = handle.read()
                     except OSError:
                         continue
-                    if self.needle in data:
-                        self.hits.append((pid, part, data[:200]))
+                    for needle in self.needles:
+                        if needle in data:
+                            masked = data
+                            for other in self.needles:
+                                masked = masked.replace(other, b"***")
+                            self.hits.append((pid, part, masked[:200]))
+                            break
             self.samples += 1
+            self.last_sample = time.monotonic()
             time.sleep(self.interval)
 
     def stop(self):
@@ -89,6 +96,7 @@ class ServerSampler(threading.Thread):
         self.stop_event = threading.Event()
         self.samples = {name: 0 for name in self.servers}
         self.ps_samples = {name: 0 for name in self.servers}
+        self.last_sample = None
         self.hits = []
         self._seen = set()
         self._conns = {}
@@ -147,6 +155,7 @@ class ServerSampler(threading.Thread):
             rounds += 1
             for name in self.servers:
                 self.sample_once(name, rounds % self.ps_every == 0)
+            self.last_sample = time.monotonic()
             time.sleep(self.interval)
         for name in self.servers:
             self.sample_once(name, True)  # what the history tables still hold at the end

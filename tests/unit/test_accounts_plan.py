@@ -50,7 +50,7 @@ def test_requirement_password_and_grant_differences():
 def test_subject_mode_compares_the_subject():
     row = {"ssl_type": "SPECIFIED", "x509_subject": "/CN=other", "auth": HASH("s3cret")}
     out = acc.plan(CFG, facts(repl=row), HASH, "SPECIFIED", subject="/CN=repl")
-    assert out == {"require": {"old": "SPECIFIED", "new": "SPECIFIED"}}
+    assert out == {"require": {"old": "SPECIFIED /CN=other", "new": "SPECIFIED /CN=repl"}}
     assert acc.plan(CFG, facts(repl=dict(row, x509_subject="/CN=repl")), HASH, "SPECIFIED", subject="/CN=repl") == {}
 
 
