@@ -733,11 +733,13 @@ class Bench:
         incoming.mkdir(mode=0o700)
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="raw-", dir=self.root))
         version = mysqlrepl_sql.parse_version(db2.one("SELECT VERSION() v")["v"])
-        change = mysqlrepl_sql.change_master(
-            version, db1.address, db1.port, cfg["replication"]["user"], self.password,
+        # the formula's statements: the link, then the password in a statement of its own
+        change = [mysqlrepl_sql.change_master(
+            version, db1.address, db1.port, cfg["replication"]["user"],
             srv2["tls_files"]["ca"], srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"],
             verify_server_cert=True, connect_retry=cfg["replication"]["connect_retry"],
-            heartbeat_period=cfg["replication"]["heartbeat_period"])
+            heartbeat_period=cfg["replication"]["heartbeat_period"]),
+            mysqlrepl_sql.change_master_password(version, self.password, cfg["replication"]["heartbeat_period"])]
         port = self.args.raw_port
         t0 = time.monotonic()
         listen = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -796,7 +798,8 @@ class Bench:
         with conn.cursor() as cur:
             cur.execute("SET SESSION sql_log_off = 1")  # MASTER_PASSWORD
             cur.execute("SET GLOBAL gtid_slave_pos = %s", (gtid,))
-            cur.execute(*change)
+            for stmt in change:
+                cur.execute(*stmt)
             cur.execute("START SLAVE")
         conn.close()
         self.wait_threads()
@@ -829,16 +832,19 @@ class Bench:
         self.reset_general_log()
         self.writer.check()
         version = mysqlrepl_sql.parse_version(db2.one("SELECT VERSION() v")["v"])
-        change = mysqlrepl_sql.change_master(
-            version, db1.address, db1.port, cfg["replication"]["user"], self.password,
+        # the formula's statements: the link, then the password in a statement of its own
+        change = [mysqlrepl_sql.change_master(
+            version, db1.address, db1.port, cfg["replication"]["user"],
             srv2["tls_files"]["ca"], srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"],
             verify_server_cert=True, connect_retry=cfg["replication"]["connect_retry"],
-            heartbeat_period=cfg["replication"]["heartbeat_period"])
+            heartbeat_period=cfg["replication"]["heartbeat_period"]),
+            mysqlrepl_sql.change_master_password(version, self.password, cfg["replication"]["heartbeat_period"])]
         t0 = time.monotonic()
         conn = db2.connect()
         with conn.cursor() as cur:
             cur.execute("SET SESSION sql_log_off = 1")  # MASTER_PASSWORD
-            cur.execute(*change)
+            for stmt in change:
+                cur.execute(*stmt)
         dump = subprocess.Popen(  # pylint: disable=consider-using-with
             ["mariadb-dump", f"--socket={db1.socket}", "--user=root", "--single-transaction", "--gtid",
              "--master-data=1", "--databases", DB],
