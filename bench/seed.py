@@ -712,6 +712,17 @@ class Bench:
                           for g, t, tbl in self.writer.top_gaps(t0, t1)), in_backup))
         return in_backup
 
+    def link_statements(self, version):
+        """The formula's statements for db2's link to db1: the link, then the password alone."""
+        cfg, db1 = self.cfg, self.servers["db1"]
+        srv2 = cfg["servers"]["db2"]
+        repl = cfg["replication"]
+        return [mysqlrepl_sql.change_master(
+                    version, db1.address, db1.port, repl["user"], srv2["tls_files"]["ca"],
+                    srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"], verify_server_cert=True,
+                    connect_retry=repl["connect_retry"], heartbeat_period=repl["heartbeat_period"]),
+                mysqlrepl_sql.change_master_password(version, self.password, repl["heartbeat_period"])]
+
     def run_raw(self, run):
         """
         The raw tool, no Salt, no TLS stream of ours: mariadb-backup | socat (plain TCP) ->
@@ -722,7 +733,6 @@ class Bench:
         """
         db1, db2 = self.servers["db1"], self.servers["db2"]
         cfg = self.cfg
-        srv2 = cfg["servers"]["db2"]
         self.empty_replica()
         self.reset_general_log()
         self.writer.check()
@@ -733,13 +743,7 @@ class Bench:
         incoming.mkdir(mode=0o700)
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="raw-", dir=self.root))
         version = mysqlrepl_sql.parse_version(db2.one("SELECT VERSION() v")["v"])
-        # the formula's statements: the link, then the password in a statement of its own
-        change = [mysqlrepl_sql.change_master(
-            version, db1.address, db1.port, cfg["replication"]["user"],
-            srv2["tls_files"]["ca"], srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"],
-            verify_server_cert=True, connect_retry=cfg["replication"]["connect_retry"],
-            heartbeat_period=cfg["replication"]["heartbeat_period"]),
-            mysqlrepl_sql.change_master_password(version, self.password, cfg["replication"]["heartbeat_period"])]
+        change = self.link_statements(version)
         port = self.args.raw_port
         t0 = time.monotonic()
         listen = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -826,19 +830,11 @@ class Bench:
 
     def run_pipe(self, run):
         db1, db2 = self.servers["db1"], self.servers["db2"]
-        cfg = self.cfg
-        srv2 = cfg["servers"]["db2"]
         self.empty_replica()
         self.reset_general_log()
         self.writer.check()
         version = mysqlrepl_sql.parse_version(db2.one("SELECT VERSION() v")["v"])
-        # the formula's statements: the link, then the password in a statement of its own
-        change = [mysqlrepl_sql.change_master(
-            version, db1.address, db1.port, cfg["replication"]["user"],
-            srv2["tls_files"]["ca"], srv2["replication_cert"]["cert"], srv2["replication_cert"]["key"],
-            verify_server_cert=True, connect_retry=cfg["replication"]["connect_retry"],
-            heartbeat_period=cfg["replication"]["heartbeat_period"]),
-            mysqlrepl_sql.change_master_password(version, self.password, cfg["replication"]["heartbeat_period"])]
+        change = self.link_statements(version)
         t0 = time.monotonic()
         conn = db2.connect()
         with conn.cursor() as cur:
