@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what mysqlrepl's sandbox and tests need on a Debian 12 machine, as root:
-#   MariaDB server, client and mariadb-backup (Debian packages), python3-venv,
+#   MariaDB server, client and mariadb-backup, socat (the seed bench's raw baseline), python3-venv,
 #   and .venv (python3 -m venv) with requirements.txt.
 # Safe to run again: apt-get and pip skip what is already there, an existing
 # working .venv is kept.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 REPO=$(pwd)
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup python3 python3-venv)
+APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup socat python3 python3-venv)
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -67,7 +67,7 @@ else
     cleanup
     OUR_POLICY=
 fi
-for tool in mariadbd mariadb-install-db mariadb mariadb-backup mbstream mariadb-dump; do
+for tool in mariadbd mariadb-install-db mariadb mariadb-backup mbstream mariadb-dump socat; do
     if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$tool" ]; then
         echo "setup.sh: $tool not found after installing the MariaDB packages" >&2
         exit 1
