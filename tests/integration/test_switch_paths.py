@@ -347,6 +347,20 @@ def test_kill_app_sessions_ends_app_sessions_only(ready, salt_run_cli, mariadb_s
 # the old master wrote past the captured position: not demoted
 # ---------------------------------------------------------------------------
 
+def old_master_left_alone_then_rejoined(salt_run_cli, mariadb_servers):
+    """db2 alone writable and recorded; db1 left read-only and not replicating, db3 on db2;
+    then `rejoin` checks db1 and makes it a replica of db2."""
+    db1 = mariadb_servers["db1"]
+    assert writable(mariadb_servers) == ["db2"]
+    assert read_only(db1) == 1 and link(db1) is None  # left alone: read-only, not replicating
+    assert replicates_from(mariadb_servers, "db3", "db2")
+    rec = record(salt_run_cli)
+    assert rec["master"] == "db2" and "switching" not in rec, rec
+    code, data = salt_run(salt_run_cli, "rejoin", "server=db1", TOPO)
+    assert code == 0 and data["result"] is True, data
+    wait_for(lambda: replicates_from(mariadb_servers, "db1", "db2"), timeout=30, what="db1 replicating from db2")
+
+
 def test_old_master_that_wrote_past_the_captured_position_is_not_demoted(ready, salt_run_cli, salt_master,
                                                                           mariadb_servers):
     """
@@ -371,14 +385,7 @@ def test_old_master_that_wrote_past_the_captured_position_is_not_demoted(ready, 
     assert data["critical_section"]["pos"] == captured
     assert_failed(code, data, f"db1 wrote past the switch's position {captured} (now {past}): not demoted")
     assert data["repointed"]["db1"]["result"] is False
-    assert writable(mariadb_servers) == ["db2"]
-    assert read_only(db1) == 1 and link(db1) is None  # left alone: read-only, not replicating
-    assert replicates_from(mariadb_servers, "db3", "db2")
-    rec = record(salt_run_cli)
-    assert rec["master"] == "db2" and "switching" not in rec, rec
-    code, data = salt_run(salt_run_cli, "rejoin", "server=db1", TOPO)
-    assert code == 0 and data["result"] is True, data
-    wait_for(lambda: replicates_from(mariadb_servers, "db1", "db2"), timeout=30, what="db1 replicating from db2")
+    old_master_left_alone_then_rejoined(salt_run_cli, mariadb_servers)
 
 
 # ---------------------------------------------------------------------------
@@ -440,11 +447,4 @@ def test_lost_answer_with_new_master_writable_goes_forward_without_demoting(
     assert_failed(code, data, "db1 not demoted: the write block's answer was lost")
     assert "salt-run mysqlrepl.rejoin server=db1" in data["comment"]
     assert "db1" not in data["repointed"], data["repointed"]
-    assert writable(mariadb_servers) == ["db2"]
-    assert read_only(db1) == 1 and link(db1) is None
-    assert replicates_from(mariadb_servers, "db3", "db2")
-    rec = record(salt_run_cli)
-    assert rec["master"] == "db2" and "switching" not in rec, rec
-    code, data = salt_run(salt_run_cli, "rejoin", "server=db1", TOPO)
-    assert code == 0 and data["result"] is True, data
-    wait_for(lambda: replicates_from(mariadb_servers, "db1", "db2"), timeout=30, what="db1 replicating from db2")
+    old_master_left_alone_then_rejoined(salt_run_cli, mariadb_servers)
