@@ -1,0 +1,456 @@
+"""
+The seed's receiving side (``_utils/mysqlrepl_seed.py``) without servers or Salt:
+every exit of ``receive()``, driven by scripted ops on real directories under
+``tmp_path``. A fake server runs on whatever datadir holds when it starts (a
+``MARKER`` file says whose it is: ``old`` or ``seeded``); each test checks the
+module's invariant at its exit: which directory holds which datadir, what the
+server runs on, what was left beside the datadir, and the order of the ops.
+"""
+
+import os
+import shutil
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+import _utils.mysqlrepl_seed as seed
+
+MARKER = "MARKER"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Replica:
+    """
+    The ops of one replica. ``fail[op] = {n: outcome}``: the n-th call of ``op``
+    (from 1) raises ``outcome`` when it is an exception, else returns it.
+    ``calls``: ``(op, arg)`` in order. Ops that take time move ``clock``.
+    """
+
+    COST = {"stream": 10.0, "prepare": 5.0, "stop": 1.0, "start": 2.0, "wait_up": 0.5, "catch_up": 3.0}
+
+    def __init__(self, tmp_path, rs=None, conflict=None, fail=None, gtid="0-11-42"):
+        self.lib = tmp_path / "lib"
+        self.datadir = self.lib / "mysql"
+        self.datadir.mkdir(parents=True)
+        (self.datadir / MARKER).write_text("old")
+        (self.datadir / "ibdata1").write_text("old data")
+        self.where = seed.paths(str(self.datadir))
+        self.tls = tuple(str(tmp_path / f) for f in ("ca.pem", "cert.pem", "key.pem"))
+        for path in self.tls:
+            open(path, "w", encoding="utf-8").close()
+        self.rs, self._conflict, self.gtid = rs, conflict, gtid
+        self.fail = fail or {}
+        self.counts = {}
+        self.calls = []
+        self.clock = Clock()
+        self.running = "old"  # the datadir the server runs on, None: stopped
+
+    # -- plumbing
+    def _step(self, op, arg=None):
+        self.calls.append((op, arg))
+        self.counts[op] = self.counts.get(op, 0) + 1
+        self.clock.now += self.COST.get(op, 0.0)
+        outcome = self.fail.get(op, {}).get(self.counts[op], None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def ops(self, catch_up=True):
+        names = seed.OPS + (("catch_up",) if catch_up else ())
+        return {name: getattr(self, name) for name in names}
+
+    def names(self):
+        """The ops called, in order (filesystem ones with the path's short name)."""
+        out = []
+        for op, arg in self.calls:
+            if op in ("rename",):
+                out.append(f"rename {self.short(arg[0])}->{self.short(arg[1])}")
+            elif op in ("rmtree", "makedirs"):
+                out.append(f"{op} {self.short(arg)}")
+            elif op not in ("exists",):
+                out.append(op)
+        return out
+
+    def short(self, path):
+        for key, value in self.where.items():
+            if path == value:
+                return key
+        return path
+
+    # -- filesystem (real, under tmp_path)
+    def exists(self, path):
+        self._step("exists", path)
+        return os.path.exists(path)
+
+    def makedirs(self, path):
+        self._step("makedirs", path)
+        os.makedirs(path, mode=0o700)
+
+    def rename(self, src, dst):
+        self._step("rename", (src, dst))
+        os.rename(src, dst)
+
+    def rmtree(self, path):
+        self._step("rmtree", path)
+        shutil.rmtree(path)
+
+    # -- the replica
+    def replica_status(self):
+        self._step("replica_status")
+        return self.rs
+
+    def conflict(self, rs):
+        self._step("conflict", rs)
+        return self._conflict
+
+    def stream(self, incoming):
+        self._step("stream", incoming)
+        with open(os.path.join(incoming, MARKER), "w", encoding="utf-8") as handle:
+            handle.write("seeded")
+        os.mkdir(os.path.join(incoming, "app"))
+        return {"bytes": 4096}
+
+    def prepare(self, incoming):
+        self._step("prepare", incoming)
+
+    def binlog_info(self, incoming):
+        self._step("binlog_info", incoming)
+        return {"gtid": self.gtid, "file": "bin.000001", "pos": 4}
+
+    def chown_tree(self, path):
+        self._step("chown_tree", path)
+
+    def stop(self):
+        outcome = self._step("stop")
+        if outcome is None:
+            self.running = None
+            return True
+        return outcome
+
+    def start(self):
+        outcome = self._step("start")
+        if outcome is None:
+            with open(os.path.join(self.where["datadir"], MARKER), encoding="utf-8") as handle:
+                self.running = handle.read()
+            return True
+        return outcome
+
+    def wait_up(self):
+        self._step("wait_up")
+        if self.running is None:
+            raise CommandExecutionError("server db2 did not come back within 60s")
+
+    def position(self, gtid):
+        self._step("position", gtid)
+
+    def replicate(self):
+        outcome = self._step("replicate")
+        return outcome or {"result": True, "changes": {"link": "new"}, "comment": "replicates"}
+
+    def catch_up(self):
+        self._step("catch_up")
+        return "0-11-50"
+
+    # -- what is where
+    def datadir_holds(self):
+        path = os.path.join(self.where["datadir"], MARKER)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+
+    def beside(self):
+        """What the seed left beside the datadir: {"incoming"/"previous": marker or None}."""
+        out = {}
+        for key in ("incoming", "previous"):
+            if os.path.exists(self.where[key]):
+                path = os.path.join(self.where[key], MARKER)
+                out[key] = open(path, encoding="utf-8").read() if os.path.exists(path) else None
+        return out
+
+    def receive(self, force=False, catch_up=True, master="db1"):
+        return seed.receive("db2", "mariadb@db2", master, self.where, self.ops(catch_up), tls_files=self.tls,
+                            force=force, catch_up=catch_up, clock=self.clock)
+
+
+def assert_runs_on_own(r):
+    """The invariant after a failure: its own datadir in place, running, nothing left beside it."""
+    assert r.datadir_holds() == "old"
+    assert r.running == "old"
+    assert r.beside() == {}
+
+
+PREFIX = ["makedirs incoming", "chown_tree", "stream", "prepare", "binlog_info", "chown_tree"]
+SWAP = ["stop", "rename datadir->previous", "rename incoming->datadir", "start"]
+PUT_BACK = ["stop", "rename datadir->incoming", "rename previous->datadir", "start", "wait_up", "rmtree incoming"]
+
+
+# ---------------------------------------------------------------------------
+# nothing touched
+# ---------------------------------------------------------------------------
+
+def test_paths_sit_beside_the_datadir():
+    assert seed.paths("/var/lib/mysql/") == {
+        "datadir": "/var/lib/mysql",
+        "incoming": "/var/lib/.mysql.mysqlrepl-incoming",
+        "previous": "/var/lib/.mysql.mysqlrepl-previous",
+    }
+
+
+def test_the_master_of_record_is_not_seeded(tmp_path):
+    r = Replica(tmp_path)
+    with pytest.raises(CommandExecutionError, match="db2 is the master of record: it is not seeded"):
+        r.receive(master="db2")
+    assert r.calls == []
+    assert_runs_on_own(r)
+
+
+def test_missing_tls_files_refuse(tmp_path):
+    r = Replica(tmp_path)
+    os.unlink(r.tls[2])
+    with pytest.raises(CommandExecutionError, match=r"TLS files missing \(.*key.pem\); apply mysqlrepl.tls"):
+        r.receive()
+    assert r.names() == []
+    assert_runs_on_own(r)
+
+
+def test_a_replica_that_replicates_is_skipped(tmp_path):
+    r = Replica(tmp_path, rs={"host": "10.0.0.11", "port": 3306})
+    out = r.receive()
+    assert out == {"server": "db2", "seeded": False,
+                   "comment": "db2 already replicates from 10.0.0.11:3306; use force=True to re-seed"}
+    assert r.names() == ["replica_status", "conflict"]
+    assert_runs_on_own(r)
+
+
+def test_a_replica_of_another_master_is_refused(tmp_path):
+    r = Replica(tmp_path, rs={"host": "10.0.0.13", "port": 3306}, conflict="db2 replicates from db3, not db1")
+    with pytest.raises(CommandExecutionError, match="db2 replicates from db3, not db1"):
+        r.receive()
+    assert r.names() == ["replica_status", "conflict"]
+    assert_runs_on_own(r)
+
+
+def test_ops_are_checked_before_anything_runs(tmp_path):
+    r = Replica(tmp_path)
+    ops = r.ops(catch_up=False)
+    with pytest.raises(ValueError, match="ops missing: catch_up"):
+        seed.receive("db2", "mariadb@db2", "db1", r.where, ops, tls_files=r.tls, catch_up=True)
+    del ops["wait_up"]
+    with pytest.raises(ValueError, match="ops missing: wait_up"):
+        seed.receive("db2", "mariadb@db2", "db1", r.where, ops, tls_files=r.tls)
+    assert r.calls == []
+
+
+# ---------------------------------------------------------------------------
+# before the swap: the running server is never touched
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op, n, done", [
+    ("chown_tree", 1, 2), ("stream", 1, 3), ("prepare", 1, 4), ("binlog_info", 1, 5), ("chown_tree", 2, 6),
+])
+def test_a_failure_before_the_swap_removes_incoming_only(tmp_path, op, n, done):
+    r = Replica(tmp_path, fail={op: {n: CommandExecutionError(f"{op} broke")}})
+    with pytest.raises(CommandExecutionError, match=f"^{op} broke$"):
+        r.receive()
+    assert r.names() == ["replica_status"] + PREFIX[:done] + ["rmtree incoming"]
+    assert "stop" not in r.names()  # the server was never stopped
+    assert_runs_on_own(r)
+
+
+def test_stale_directories_of_an_earlier_seed_are_removed_first(tmp_path):
+    r = Replica(tmp_path, fail={"stream": {1: CommandExecutionError("no sender")}})
+    for key in ("incoming", "previous"):
+        os.makedirs(os.path.join(r.where[key], "leftover"))
+    with pytest.raises(CommandExecutionError, match="no sender"):
+        r.receive()
+    assert r.names()[:4] == ["replica_status", "rmtree incoming", "rmtree previous", "makedirs incoming"]
+    assert_runs_on_own(r)
+
+
+@pytest.mark.parametrize("outcome, detail", [
+    (False, ""), (CommandExecutionError("pid 7 still running 60 s after SIGTERM"), " (pid 7 still running"),
+])
+def test_a_server_that_does_not_stop_changes_nothing(tmp_path, outcome, detail):
+    r = Replica(tmp_path, fail={"stop": {1: outcome}})
+    with pytest.raises(CommandExecutionError) as err:
+        r.receive()
+    assert str(err.value).startswith(f"service.stop mariadb@db2 failed{detail}")
+    assert str(err.value).endswith("; nothing changed")
+    assert r.names() == ["replica_status"] + PREFIX + ["stop", "rmtree incoming"]
+    assert_runs_on_own(r)
+
+
+# ---------------------------------------------------------------------------
+# the swap and after: every failure puts the old datadir back and starts it
+# ---------------------------------------------------------------------------
+
+def test_a_first_rename_that_fails_moved_nothing_and_restarts_the_server(tmp_path):
+    r = Replica(tmp_path, fail={"rename": {1: OSError(18, "Invalid cross-device link")}})
+    with pytest.raises(OSError, match="cross-device"):
+        r.receive()
+    assert r.names() == ["replica_status"] + PREFIX + [
+        "stop", "rename datadir->previous", "start", "wait_up", "rmtree incoming"]
+    assert_runs_on_own(r)
+
+
+def test_a_second_rename_that_fails_moves_the_datadir_back(tmp_path):
+    r = Replica(tmp_path, fail={"rename": {2: OSError(28, "No space left on device")}})
+    with pytest.raises(OSError, match="No space left"):
+        r.receive()
+    assert r.names() == ["replica_status"] + PREFIX + [
+        "stop", "rename datadir->previous", "rename incoming->datadir",
+        "rename previous->datadir", "start", "wait_up", "rmtree incoming"]
+    assert_runs_on_own(r)
+
+
+@pytest.mark.parametrize("fail, text, after", [
+    ({"start": {1: False}}, "^service.start mariadb@db2 failed on the seeded datadir$", []),
+    ({"start": {1: CommandExecutionError("mariadbd exited during startup")}}, "exited during startup", []),
+    ({"wait_up": {1: CommandExecutionError("server db2 did not come back within 60s")}},
+     "did not come back", ["wait_up"]),
+    ({"position": {1: CommandExecutionError("1193: Unknown system variable")}}, "Unknown system variable",
+     ["wait_up", "position"]),
+    ({"replicate": {1: {"result": False, "comment": "replication does not run: IO No (1045)"}}},
+     "^seeded db2 but replication did not start: replication does not run: IO No \\(1045\\)$",
+     ["wait_up", "position", "replicate"]),
+    ({"replicate": {1: CommandExecutionError("2013: Lost connection")}}, "Lost connection",
+     ["wait_up", "position", "replicate"]),
+])
+def test_a_failure_after_the_swap_puts_the_old_datadir_back(tmp_path, fail, text, after):
+    r = Replica(tmp_path, fail=fail)
+    with pytest.raises(CommandExecutionError, match=text):
+        r.receive()
+    assert r.names() == ["replica_status"] + PREFIX + SWAP + after + PUT_BACK
+    assert "rmtree previous" not in r.names()
+    assert r.counts["stop"] == 2 and r.counts["start"] == 2
+    assert_runs_on_own(r)
+
+
+# ---------------------------------------------------------------------------
+# putting back fails: nothing more moved or deleted, the error says where
+# ---------------------------------------------------------------------------
+
+REPLICATION_FAILS = {"replicate": {1: {"result": False, "comment": "IO No (1045)"}}}
+UNTIL_FAILURE = ["replica_status"] + PREFIX + SWAP + ["wait_up", "position", "replicate"]
+
+
+def put_back_fails(tmp_path, **more):
+    r = Replica(tmp_path, fail=dict(REPLICATION_FAILS, **more))
+    with pytest.raises(CommandExecutionError) as err:
+        r.receive()
+    text = str(err.value)
+    assert text.startswith("seeding db2 failed (seeded db2 but replication did not start: IO No (1045)), "
+                           "and putting the old datadir back failed: "), text
+    assert not any(op == "rmtree" for op, _ in r.calls[len(UNTIL_FAILURE):]), r.names()
+    return r, text
+
+
+@pytest.mark.parametrize("outcome", [False, CommandExecutionError("pid 9 still running")])
+def test_put_back_stop_fails(tmp_path, outcome):
+    r, text = put_back_fails(tmp_path, stop={2: outcome})
+    assert "service.stop mariadb@db2 failed" in text
+    assert f"the previous datadir is kept at {r.where['previous']}" in text
+    assert r.names() == UNTIL_FAILURE + ["stop"]
+    assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {"previous": "old"}
+
+
+def test_put_back_moving_the_seeded_datadir_aside_fails(tmp_path):
+    r, text = put_back_fails(tmp_path, rename={3: OSError(16, "Device or resource busy")})
+    assert f"the previous datadir is kept at {r.where['previous']}" in text
+    assert f"the seeded datadir still at {r.where['datadir']}" in text and "Device or resource busy" in text
+    assert r.names() == UNTIL_FAILURE + ["stop", "rename datadir->incoming"]
+    assert r.datadir_holds() == "seeded" and r.running is None
+    assert r.beside() == {"previous": "old"}
+
+
+def test_put_back_moving_the_previous_datadir_back_fails(tmp_path):
+    r, text = put_back_fails(tmp_path, rename={4: OSError(5, "Input/output error")})
+    assert (f"the server is stopped with no datadir at {r.where['datadir']}; the previous datadir is kept at "
+            f"{r.where['previous']}, the seeded copy at {r.where['incoming']}") in text
+    assert r.names() == UNTIL_FAILURE + ["stop", "rename datadir->incoming", "rename previous->datadir"]
+    assert r.datadir_holds() is None and r.running is None
+    assert r.beside() == {"previous": "old", "incoming": "seeded"}
+
+
+@pytest.mark.parametrize("fail, text", [
+    ({"start": {2: False}}, "service.start mariadb@db2 failed on the old datadir"),
+    ({"wait_up": {2: CommandExecutionError("did not come back within 60s")}},
+     "the server started on the old datadir but does not answer (did not come back within 60s)"),
+])
+def test_put_back_the_old_server_does_not_run(tmp_path, fail, text):
+    r, msg = put_back_fails(tmp_path, **fail)
+    assert text in msg
+    assert f"the previous datadir is back at {r.where['datadir']}" in msg
+    assert f"the seeded copy is kept at {r.where['incoming']}" in msg
+    assert r.names()[len(UNTIL_FAILURE):] == PUT_BACK[:len(PUT_BACK) - (2 if "start" in fail else 1)]
+    assert r.datadir_holds() == "old"
+    assert r.beside() == {"incoming": "seeded"}
+
+
+def test_put_back_after_a_failed_first_rename_that_cannot_start_says_nothing_moved(tmp_path):
+    r = Replica(tmp_path, fail={"rename": {1: OSError(18, "Invalid cross-device link")}, "start": {1: False}})
+    with pytest.raises(CommandExecutionError) as err:
+        r.receive()
+    assert f"its datadir {r.where['datadir']} was not moved, but the server does not run" in str(err.value)
+    assert r.names()[-2:] == ["rename datadir->previous", "start"]
+    assert r.datadir_holds() == "old" and r.running is None
+    assert r.beside() == {"incoming": "seeded"}
+
+
+# ---------------------------------------------------------------------------
+# seeded
+# ---------------------------------------------------------------------------
+
+def test_a_seed_replaces_the_datadir_and_removes_the_previous_one(tmp_path):
+    r = Replica(tmp_path, rs={"host": "10.0.0.11", "port": 3306})
+    out = r.receive(force=True)
+    assert out == {
+        "server": "db2", "seeded": True, "gtid": "0-11-42", "bytes": 4096,
+        # stream 10, prepare 5; swap: stop 1 + start 2 + wait_up 0.5; catch-up 3
+        "timings": {"stream_s": 10.0, "prepare_s": 5.0, "swap_s": 3.5, "total_s": 21.5},
+        "caught_up": {"pos": "0-11-50", "seconds": 3.0},
+    }
+    assert r.names() == ["replica_status"] + PREFIX + SWAP + [
+        "wait_up", "position", "replicate", "rmtree previous", "catch_up"]
+    assert ("position", "0-11-42") in r.calls
+    assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {}
+
+
+def test_a_backup_without_gtid_sets_an_empty_position_and_catch_up_is_optional(tmp_path):
+    r = Replica(tmp_path, gtid=None)
+    out = r.receive(catch_up=False)
+    assert "caught_up" not in out and out["gtid"] is None
+    assert out["timings"]["total_s"] == 18.5
+    assert ("position", "") in r.calls
+    assert "catch_up" not in r.names()
+    assert r.datadir_holds() == "seeded" and r.beside() == {}
+
+
+def test_a_seeded_replica_that_does_not_catch_up_keeps_the_seeded_datadir(tmp_path):
+    r = Replica(tmp_path, fail={"catch_up": {1: CommandExecutionError("db2 did not reach 0-11-50 within 60s")}})
+    with pytest.raises(CommandExecutionError) as err:
+        r.receive()
+    assert str(err.value) == ("db2 was seeded and replicates but did not catch up with db1: "
+                              "db2 did not reach 0-11-50 within 60s")
+    assert r.names()[-2:] == ["rmtree previous", "catch_up"]
+    assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {}
+
+
+def test_a_previous_datadir_that_cannot_be_removed_does_not_fail_the_seed(tmp_path):
+    r = Replica(tmp_path, fail={"rmtree": {1: OSError(13, "Permission denied")}})
+    out = r.receive(catch_up=False)
+    assert out["seeded"] is True
+    assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {"previous": "old"}
+
