@@ -1112,13 +1112,8 @@ def _wait_threads(conn, version, timeout):
 # ---------------------------------------------------------------------------
 
 def _require_tls_files(srv, what):
-    missing = [p for p in (srv["tls_files"]["ca"], srv["tls_files"]["cert"], srv["tls_files"]["key"])
-               if not os.path.exists(p)]
-    if missing:
-        raise CommandExecutionError(
-            f"{srv['name']} cannot {what}: TLS files missing ({', '.join(missing)}); "
-            "apply mysqlrepl.tls first"
-        )
+    files = srv["tls_files"]
+    _u("mysqlrepl_seed.require_files")(srv["name"], (files["ca"], files["cert"], files["key"]), what)
 
 
 def seed_send(to, server=None, port=None, timeout=None):
@@ -1162,17 +1157,6 @@ def seed_send(to, server=None, port=None, timeout=None):
     return result
 
 
-def _seed_put_back(srv, datadir, seeded, previous, exc):
-    """The seeded datadir did not start or replicate: stop, put the old datadir back, start it."""
-    log.error("mysqlrepl: seeding %s failed after the swap (%s): putting the old datadir back",
-              srv["name"], exc)
-    __salt__["service.stop"](srv["service"])
-    os.rename(datadir, seeded)
-    os.rename(previous, datadir)
-    __salt__["service.start"](srv["service"])
-    shutil.rmtree(seeded, ignore_errors=True)
-
-
 def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=False):
     """
     On a replica's minion: receive a backup streamed by the master's minion
@@ -1184,8 +1168,11 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     on the new datadir, or replication does not start, the server is stopped,
     the old datadir is put back and started again, and the call fails (the
     seeded copy is removed). A failure before the swap (stream, prepare)
-    leaves the running server untouched. A replica that already replicates
-    from the master is left alone unless ``force=True``.
+    leaves the running server untouched. If putting the old datadir back fails
+    itself, nothing more is moved or deleted and the error says where the old
+    datadir and the seeded copy are. A replica that already replicates from
+    the master is left alone unless ``force=True``. The steps, and what each
+    failure undoes: ``_utils/mysqlrepl_seed.py``.
 
     ``catch_up=True`` (``salt-run mysqlrepl.seed`` passes it) then reads the
     master's ``@@gtid_binlog_pos`` (over verified TLS as the replication
@@ -1206,101 +1193,67 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     """
     cfg = _cfg()
     srv = _server(server)
-    if srv["name"] == cfg["master"]:
-        raise CommandExecutionError(f"{srv['name']} is the master of record: it is not seeded")
     master = cfg["servers"][cfg["master"]]
-    _require_tls_files(srv, "receive a seed")
     port = int(port or cfg["seed"]["port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
-    conn = _connect(srv)
-    with _u("mysqlrepl_db.closing")(conn):
-        rs = _replica_status(conn)
-    if rs is not None and not force:
-        conflict = _topology_conflict(cfg, srv, rs)
-        if conflict:
-            raise CommandExecutionError(conflict)
-        return {"server": srv["name"], "seeded": False,
-                "comment": f"{srv['name']} already replicates from {rs['host']}:{rs['port']}; "
-                           "use force=True to re-seed"}
-    datadir = srv["datadir"].rstrip("/")
-    parent = os.path.dirname(datadir)
-    incoming = os.path.join(parent, f".{os.path.basename(datadir)}.mysqlrepl-incoming")
-    previous = os.path.join(parent, f".{os.path.basename(datadir)}.mysqlrepl-previous")
-    for path in (incoming, previous):
-        if os.path.exists(path):
-            shutil.rmtree(path)
-    uid, gid = _owner_ids(srv)
-    os.makedirs(incoming, mode=0o700)
-    os.chown(incoming, uid, gid)
-    timings = {}
-    started = time.monotonic()
+    name, files = srv["name"], srv["tls_files"]
 
-    def progress(nbytes):
-        _fire(f"seed/{srv['name']}/receive", {"bytes": nbytes, "server": srv["name"]})
+    def replica_status():
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            return _replica_status(conn)
 
-    def ready():
-        _fire(f"seed/{srv['name']}/ready", {"port": port, "server": srv["name"]})
+    def stream(incoming):
+        return _u("mysqlrepl_stream.receive_backup")(
+            srv["address"], port, incoming, files["ca"], files["cert"], files["key"], master["address"],
+            timeout=timeout, ready=lambda: _fire(f"seed/{name}/ready", {"port": port, "server": name}),
+            progress=lambda nbytes: _fire(f"seed/{name}/receive", {"bytes": nbytes, "server": name}))
 
-    try:
-        received = _u("mysqlrepl_stream.receive_backup")(
-            srv["address"], port, incoming, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
-            srv["tls_files"]["key"], master["address"], timeout=timeout, progress=progress,
-            ready=ready,
-        )
-        timings["stream_s"] = round(time.monotonic() - started, 3)
-        t0 = time.monotonic()
-        _u("mysqlrepl_stream.prepare_backup")(incoming)
-        timings["prepare_s"] = round(time.monotonic() - t0, 3)
-        info = _u("mysqlrepl_stream.read_binlog_info")(incoming)
-        for root, dirs, files in os.walk(incoming):
-            for entry in dirs + files:
+    def chown_tree(path):
+        uid, gid = _owner_ids(srv)
+        os.chown(path, uid, gid)
+        for root, dirs, entries in os.walk(path):
+            for entry in dirs + entries:
                 os.lchown(os.path.join(root, entry), uid, gid)
-    except Exception:
-        shutil.rmtree(incoming, ignore_errors=True)
-        raise
-    # swap: the only window in which the replica is down
-    t0 = time.monotonic()
-    if not __salt__["service.stop"](srv["service"]):
-        shutil.rmtree(incoming, ignore_errors=True)
-        raise CommandExecutionError(f"service.stop {srv['service']} failed; nothing changed")
-    os.rename(datadir, previous)
-    os.rename(incoming, datadir)
-    try:
-        if not __salt__["service.start"](srv["service"]):
-            raise CommandExecutionError(f"service.start {srv['service']} failed on the seeded datadir")
-        _wait_up(srv)
-        timings["swap_s"] = round(time.monotonic() - t0, 3)
+
+    def position(gtid):
         conn = _connect(srv)
         with _u("mysqlrepl_db.closing")(conn):
             _run(conn, _sql("set_read_only")(True))
-            _run(conn, _sql("set_gtid_slave_pos")(info["gtid"] or ""))
-        result = replication_apply(srv["name"], seeded=True)
-        if not result["result"]:
-            raise CommandExecutionError(
-                f"seeded {srv['name']} but replication did not start: {result['comment']}")
-    except Exception as exc:
-        _seed_put_back(srv, datadir, incoming, previous, exc)
-        raise
-    # the seeded server replicates: only now the old datadir goes
-    shutil.rmtree(previous, ignore_errors=True)
-    out = {"server": srv["name"], "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
-           "timings": timings}
-    if catch_up:
-        t0 = time.monotonic()
-        try:
-            mconn = _u("mysqlrepl_db.connect_tls")(
-                master["address"], master["port"], cfg["replication"]["user"], cfg["replication"]["password"],
-                srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
-                connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
-            with _u("mysqlrepl_db.closing")(mconn):
-                pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
-            wait_for_gtid(pos, srv["name"], timeout=cfg["replication"]["wait_timeout"])
-        except CommandExecutionError as exc:
-            raise CommandExecutionError(f"{srv['name']} was seeded and replicates but did not catch up "
-                                        f"with {master['name']}: {exc}") from exc
-        out["caught_up"] = {"pos": pos, "seconds": round(time.monotonic() - t0, 3)}
-    timings["total_s"] = round(time.monotonic() - started, 3)
-    return out
+            _run(conn, _sql("set_gtid_slave_pos")(gtid))
+
+    def catch_up_with_master():
+        """The master's @@gtid_binlog_pos (over TLS as the replica's link), applied here."""
+        mconn = _u("mysqlrepl_db.connect_tls")(
+            master["address"], master["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+            files["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+            connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
+        with _u("mysqlrepl_db.closing")(mconn):
+            pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
+        wait_for_gtid(pos, name, timeout=cfg["replication"]["wait_timeout"])
+        return pos
+
+    ops = {
+        "exists": os.path.exists,
+        "makedirs": lambda path: os.makedirs(path, mode=0o700),
+        "rename": os.rename,
+        "rmtree": shutil.rmtree,
+        "replica_status": replica_status,
+        "conflict": lambda rs: _topology_conflict(cfg, srv, rs),
+        "stream": stream,
+        "prepare": _u("mysqlrepl_stream.prepare_backup"),
+        "binlog_info": _u("mysqlrepl_stream.read_binlog_info"),
+        "chown_tree": chown_tree,
+        "stop": lambda: __salt__["service.stop"](srv["service"]),
+        "start": lambda: __salt__["service.start"](srv["service"]),
+        "wait_up": lambda: _wait_up(srv),
+        "position": position,
+        "replicate": lambda: replication_apply(name, seeded=True),
+        "catch_up": catch_up_with_master,
+    }
+    return _u("mysqlrepl_seed.receive")(
+        name, srv["service"], cfg["master"], _u("mysqlrepl_seed.paths")(srv["datadir"]), ops,
+        tls_files=(files["ca"], files["cert"], files["key"]), force=force, catch_up=catch_up)
 
 
 # ---------------------------------------------------------------------------

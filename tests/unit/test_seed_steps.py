@@ -5,6 +5,8 @@ every exit of ``receive()``, driven by scripted ops on real directories under
 ``MARKER`` file says whose it is: ``old`` or ``seeded``); each test checks the
 module's invariant at its exit: which directory holds which datadir, what the
 server runs on, what was left beside the datadir, and the order of the ops.
+Last, ``seed_receive`` of the execution module with fake dunders: the ops it
+builds reach Salt and the servers as before.
 """
 
 import os
@@ -454,3 +456,111 @@ def test_a_previous_datadir_that_cannot_be_removed_does_not_fail_the_seed(tmp_pa
     assert r.datadir_holds() == "seeded" and r.running == "seeded"
     assert r.beside() == {"previous": "old"}
 
+
+# ---------------------------------------------------------------------------
+# the execution module's wiring: seed_receive builds the ops and calls receive()
+# ---------------------------------------------------------------------------
+
+class Conn:
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def module(tmp_path, monkeypatch):
+    """``_modules/mysqlrepl.py`` as minion db2 with fake dunders, the real seed util, fake I/O."""
+    import contextlib  # pylint: disable=import-outside-toplevel
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import inspect  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+
+    import _utils.mysqlrepl_config as conf  # pylint: disable=import-outside-toplevel
+    import _utils.mysqlrepl_sql as sql  # pylint: disable=import-outside-toplevel
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("mysqlrepl_module", repo / "_modules" / "mysqlrepl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    datadir, tls = tmp_path / "lib" / "mysql", tmp_path / "tls"
+    datadir.mkdir(parents=True)
+    (datadir / MARKER).write_text("old")
+    tls.mkdir()
+    for name in ("ca.crt", "server.crt", "server.key"):
+        (tls / name).write_text("")
+    cfg = conf.load({
+        "topology": "production", "master": "db1", "ca": {"minion": "db1"},
+        "replication": {"password": "s3cret"},
+        "servers": {"db1": {"address": "10.0.0.11", "server_id": 11},
+                    "db2": {"address": "10.0.0.12", "server_id": 12, "datadir": str(datadir),
+                            "tls_dir": str(tls), "service": "mariadb@db2"}},
+    }, minion_id="db2")
+    seen = {"calls": [], "events": [], "sql": []}
+    calls = seen["calls"]
+
+    def receive_backup(address, port, incoming, ca, cert, key, peer, timeout=None, progress=None, ready=None):
+        calls.append(("stream", address, port, os.path.basename(incoming), os.path.basename(ca), peer, timeout))
+        ready()
+        (pathlib.Path(incoming) / MARKER).write_text("seeded")
+        progress(4096)
+        return {"bytes": 4096}
+
+    utils = {f"mysqlrepl_seed.{n}": f for n, f in inspect.getmembers(seed, inspect.isfunction)}
+    utils.update({f"mysqlrepl_sql.{n}": f for n, f in inspect.getmembers(sql, inspect.isfunction)})
+    utils.update({
+        "mysqlrepl_db.closing": contextlib.closing,
+        "mysqlrepl_stream.receive_backup": receive_backup,
+        "mysqlrepl_stream.prepare_backup": lambda path: calls.append(("prepare", os.path.basename(path))),
+        "mysqlrepl_stream.read_binlog_info": lambda path: {"gtid": "0-11-42"},
+        "mysqlrepl_db.connect_tls": lambda *a, **k: calls.append(("connect_tls", a[0])) or Conn(),
+    })
+
+    def service(op):
+        def run(name):
+            calls.append((op, name))
+            return True
+        return run
+
+    mod.__utils__ = utils
+    mod.__opts__ = {"id": "db2"}
+    mod.__context__ = {"mysqlrepl.cfg": cfg}
+    mod.__salt__ = {"service.stop": service("service.stop"), "service.start": service("service.start"),
+                    "event.send": lambda tag, data: seen["events"].append(tag)}
+    monkeypatch.setattr(mod, "_connect", lambda srv, connect_timeout=10: Conn())
+    monkeypatch.setattr(mod, "_replica_status", lambda conn, version=None: None)
+    monkeypatch.setattr(mod, "_run", lambda conn, stmt: seen["sql"].append(stmt[0]) or [])
+    monkeypatch.setattr(mod, "_version", lambda conn: sql.parse_version("10.11.6-MariaDB"))
+    monkeypatch.setattr(mod, "_one", lambda conn, stmt: {"pos": "0-11-50"})
+    monkeypatch.setattr(mod, "_owner_ids", lambda srv: (os.getuid(), os.getgid()))
+    monkeypatch.setattr(mod, "_wait_up", lambda srv, timeout=60: calls.append(("wait_up", srv["name"])))
+    monkeypatch.setattr(mod, "replication_apply", lambda server, seeded=False: (
+        calls.append(("replication_apply", server, seeded)) or {"result": True, "comment": "", "changes": {}}))
+    monkeypatch.setattr(mod, "wait_for_gtid", lambda pos, server, timeout=60: calls.append(("wait", pos, server)))
+    return mod, seen, datadir
+
+
+def test_seed_receive_wires_salt_to_the_steps(module):
+    mod, seen, datadir = module
+    out = mod.seed_receive(catch_up=True)
+    assert out["server"] == "db2" and out["seeded"] is True and out["gtid"] == "0-11-42" and out["bytes"] == 4096
+    assert set(out["timings"]) == {"stream_s", "prepare_s", "swap_s", "total_s"}
+    assert out["caught_up"]["pos"] == "0-11-50"
+    assert seen["calls"] == [
+        ("stream", "10.0.0.12", 4444, ".mysql.mysqlrepl-incoming", "ca.crt", "10.0.0.11", 7200),
+        ("prepare", ".mysql.mysqlrepl-incoming"),
+        ("service.stop", "mariadb@db2"), ("service.start", "mariadb@db2"), ("wait_up", "db2"),
+        ("replication_apply", "db2", True),
+        ("connect_tls", "10.0.0.11"), ("wait", "0-11-50", "db2"),
+    ]
+    assert seen["sql"] == ["SET GLOBAL read_only = 1", "SET GLOBAL gtid_slave_pos = %s"]
+    assert seen["events"] == ["salt/mysqlrepl/seed/db2/ready", "salt/mysqlrepl/seed/db2/receive"]
+    assert (datadir / MARKER).read_text() == "seeded"
+    assert sorted(p.name for p in datadir.parent.iterdir()) == ["mysql"]
+    assert oct(datadir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_seed_receive_refuses_on_the_master_of_record(module):
+    mod, seen, _datadir = module
+    mod.__context__["mysqlrepl.cfg"]["local_servers"] = ["db1", "db2"]  # a minion with both
+    with pytest.raises(CommandExecutionError, match="db1 is the master of record: it is not seeded"):
+        mod.seed_receive("db1")
+    assert seen["calls"] == []
