@@ -16,9 +16,12 @@ The steps of :func:`receive`, in order:
 2. Read the replica's status. A replica that replicates: refuse when the
    live topology differs from pillar, else skip it (``seeded: False``)
    unless ``force``. Nothing touched.
-3. Remove the incoming and previous directories an earlier seed left, make
-   the incoming directory ``.<datadir name>.mysqlrepl-incoming`` beside the
-   datadir (0700) and give it to the server's OS user.
+3. Refuse when a previous datadir (``.<datadir name>.mysqlrepl-previous``)
+   is left from an earlier seed: it may be the server's own datadir that
+   could not be put back; an operator looks at it. Nothing touched. Remove an
+   incoming directory an earlier seed left, make the incoming directory
+   ``.<datadir name>.mysqlrepl-incoming`` beside the datadir (0700) and give
+   it to the server's OS user.
 4. Stream the master's backup into it.
 5. Prepare it (mariadb-backup ``--prepare``).
 6. Read its binlog info (the backup's GTID position).
@@ -51,7 +54,8 @@ nothing of the server is touched: the only thing made is the incoming
 directory, and every failure removes it. After the swap, until the seeded
 datadir replicates from the master, the previous datadir is kept beside it,
 and every failure puts it back and starts the server on it. The previous
-datadir is removed only once both replication threads run from the master.
+datadir is removed only once both replication threads run from the master,
+and by nothing else (step 3 refuses to go on while one is left).
 
 If putting the old datadir back fails itself (the server does not stop, a
 rename fails, the server does not start or answer on it), nothing more is
@@ -219,10 +223,14 @@ def receive(name, service, master, where, ops, tls_files=(), force=False, catch_
                 "comment": f"{name} already replicates from {rs['host']}:{rs['port']}; "
                            "use force=True to re-seed"}
 
-    # 3. a fresh incoming directory (what an earlier seed left goes)
-    for path in (incoming, previous):
-        if ops["exists"](path):
-            ops["rmtree"](path)
+    # 3. a fresh incoming directory; a previous datadir left by an earlier seed is never removed here
+    if ops["exists"](previous):
+        raise CommandExecutionError(
+            f"{previous} is left from an earlier seed of {name} that did not finish: it may hold "
+            f"{name}'s own datadir (that seed's error says). Move it back or remove it by hand, then "
+            "seed again; nothing changed")
+    if ops["exists"](incoming):
+        ops["rmtree"](incoming)
     ops["makedirs"](incoming)
     timings = {}
     started = clock()

@@ -267,14 +267,28 @@ def test_a_failure_before_the_swap_removes_incoming_only(tmp_path, op, n, done):
     assert_runs_on_own(r)
 
 
-def test_stale_directories_of_an_earlier_seed_are_removed_first(tmp_path):
+def test_a_stale_incoming_directory_of_an_earlier_seed_is_removed_first(tmp_path):
     r = Replica(tmp_path, fail={"stream": {1: CommandExecutionError("no sender")}})
-    for key in ("incoming", "previous"):
-        os.makedirs(os.path.join(r.where[key], "leftover"))
+    os.makedirs(os.path.join(r.where["incoming"], "leftover"))
     with pytest.raises(CommandExecutionError, match="no sender"):
         r.receive()
-    assert r.names()[:4] == ["replica_status", "rmtree incoming", "rmtree previous", "makedirs incoming"]
+    assert r.names()[:3] == ["replica_status", "rmtree incoming", "makedirs incoming"]
     assert_runs_on_own(r)
+
+
+def test_a_previous_datadir_left_by_an_earlier_seed_is_never_removed(tmp_path):
+    r = Replica(tmp_path, rs={"host": "10.0.0.11", "port": 3306})
+    os.rename(r.where["datadir"], r.where["previous"])  # say an earlier put-back failed half-way
+    os.makedirs(r.where["datadir"])
+    (r.datadir / MARKER).write_text("seeded")
+    r.running = "seeded"
+    with pytest.raises(CommandExecutionError) as err:
+        r.receive(force=True)
+    assert str(err.value).startswith(f"{r.where['previous']} is left from an earlier seed of db2")
+    assert str(err.value).endswith("Move it back or remove it by hand, then seed again; nothing changed")
+    assert r.names() == ["replica_status"]
+    assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {"previous": "old"}
 
 
 @pytest.mark.parametrize("outcome, detail", [
