@@ -49,9 +49,12 @@ The steps of :func:`receive`, in order:
 
 Invariant: at every exit the server has exactly one complete datadir at its
 datadir path -- its own or, once step 12 passed, the seeded one -- and after
-a failure past step 8 it runs on its own again. Before the swap (steps 1-8)
-nothing of the server is touched: the only thing made is the incoming
-directory, and every failure removes it. After the swap, until the seeded
+a failure past step 8 it runs on its own again. Before the swap nothing of
+the server is touched (steps 1-7), or it is only stopped (step 8: whether a
+stop that failed left it running is the service manager's answer; its
+datadir is untouched): the only thing made is the incoming directory, and
+every failure removes it (a removal that fails is logged; the next seed
+removes what is left). After the swap, until the seeded
 datadir replicates from the master, the previous datadir is kept beside it,
 and every failure puts it back and starts the server on it. The previous
 datadir is removed only once both replication threads run from the master,
