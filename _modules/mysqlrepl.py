@@ -18,6 +18,7 @@ SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
 """
 
 import concurrent.futures
+import contextvars
 import functools
 import json
 import logging
@@ -121,6 +122,24 @@ def _version(conn):
 def _variables(conn, names):
     rows = _run(conn, _sql("global_variables")(names))
     return {row["name"].lower(): row["value"] for row in rows}
+
+
+def _bound(fn):
+    """
+    ``fn`` run in this job's loader context wherever it is called from. A
+    callback handed to a util runs inside the util's call, where ``__salt__``
+    and ``__utils__`` resolve to the utils loader (which has no ``__utils__``),
+    or in a thread of its own, which has no loader at all. Call it here, in
+    the module's function; each call runs in its own copy of the context (a
+    context cannot be entered twice at once).
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run
 
 
 def _fire(tag, data):
@@ -1139,6 +1158,7 @@ def seed_send(to, server=None, port=None, timeout=None):
     port = int(port or cfg["seed"]["port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
 
+    @_bound  # called in a thread of the stream's
     def progress(nbytes):
         _fire(f"seed/{target['name']}/send", {"bytes": nbytes, "server": srv["name"]})
 
@@ -1206,8 +1226,8 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     def stream(incoming):
         return _u("mysqlrepl_stream.receive_backup")(
             srv["address"], port, incoming, files["ca"], files["cert"], files["key"], master["address"],
-            timeout=timeout, ready=lambda: _fire(f"seed/{name}/ready", {"port": port, "server": name}),
-            progress=lambda nbytes: _fire(f"seed/{name}/receive", {"bytes": nbytes, "server": name}))
+            timeout=timeout, ready=_bound(lambda: _fire(f"seed/{name}/ready", {"port": port, "server": name})),
+            progress=_bound(lambda nbytes: _fire(f"seed/{name}/receive", {"bytes": nbytes, "server": name})))
 
     def chown_tree(path):
         uid, gid = _owner_ids(srv)
@@ -1251,6 +1271,8 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
         "replicate": lambda: replication_apply(name, seeded=True),
         "catch_up": catch_up_with_master,
     }
+    # the util calls them back from inside its own call: in this job's loader context
+    ops = {key: _bound(fn) for key, fn in ops.items()}
     return _u("mysqlrepl_seed.receive")(
         name, srv["service"], cfg["master"], _u("mysqlrepl_seed.paths")(srv["datadir"]), ops,
         tls_files=(files["ca"], files["cert"], files["key"]), force=force, catch_up=catch_up)
