@@ -1470,7 +1470,7 @@ def _exempt_accounts(cfg, srv):
     return exempt
 
 
-def switch_facts(server=None, servers=None):
+def switch_facts(server=None, servers=None, local=False):
     """
     What the switch's prechecks need from one server, read in one connection;
     changes nothing: version, variables, GTID state, replica status, Binlog
@@ -1478,14 +1478,21 @@ def switch_facts(server=None, servers=None):
     through ``read_only``, open transactions, blocking locks (LOCK TABLES,
     FTWRL, BACKUP STAGE), a ``mysqlrepl.lock`` lease, TLS files, and the
     oldest binary log with the GTID state it starts after. ``servers=[...]``:
-    several of this minion's servers at once, ``{name: facts or {"error": text}}``.
+    several of this minion's servers, read in that order, ``{name: facts or
+    {"error": text}}``; ``local=True``: every server of this minion, the
+    master of record last (its GTID state only grows, so read last it holds
+    everything the others were seen to apply).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt db1 mysqlrepl.switch_facts
+        salt 'db*' mysqlrepl.switch_facts local=True
     """
+    if local:
+        cfg = _cfg()
+        servers = sorted(cfg["local_servers"], key=lambda name: name == cfg["master"])
     if servers is not None:
         return _for_each(servers, switch_facts)
     cfg = _cfg()
@@ -1809,8 +1816,13 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
       ``@@gtid_binlog_pos`` read once they all run (from the new master's own
       connection when local, else over verified TLS as the replication account).
 
+    * last, the status (``mysqlrepl.status``) of every server of the job, the
+      new master's too, read at once: the runner's result shows it without
+      another round of jobs.
+
     Returns ``{"finish": result, "pos": pos, "servers": {name: {"apply": result,
-    "wait": result}}}`` where a failed part is ``{"error": text}``.
+    "wait": result}}, "states": {name: status}}`` where a failed part is
+    ``{"error": text}``.
 
     CLI Example:
 
@@ -1840,19 +1852,21 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
         out["servers"][name] = {"apply": res if ok else {"error": res}, "wait": None}
         if ok and res.get("result"):
             following.append(name)
-    if not following:
-        return out
-    if out["pos"] is None:
+    if following and out["pos"] is None:
         try:
             out["pos"] = _master_position(cfg, master, cfg["servers"][following[0]])
         except Exception as exc:  # pylint: disable=broad-except
             for name in following:
                 out["servers"][name]["wait"] = {"error": f"cannot read {master}'s position: {exc}"}
-            return out
-    waits = _in_threads({name: (wait_for_gtid, [out["pos"]], {"server": name, "timeout": ready_timeout})
-                         for name in following})
-    for name, (ok, res) in waits.items():
-        out["servers"][name]["wait"] = res if ok else {"error": res}
+            following = []
+    if following:
+        waits = _in_threads({name: (wait_for_gtid, [out["pos"]], {"server": name, "timeout": ready_timeout})
+                             for name in following})
+        for name, (ok, res) in waits.items():
+            out["servers"][name]["wait"] = res if ok else {"error": res}
+    names = list(servers) + ([master] if finish else [])
+    states = _in_threads({name: (status, [name], {}) for name in names})
+    out["states"] = {name: res if ok else {"error": res} for name, (ok, res) in states.items()}
     return out
 
 

@@ -413,10 +413,21 @@ def _topology_lock(topology, operation):  # pylint: disable=redefined-outer-name
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
             raise CommandExecutionError(
                 f"another mysqlrepl operation holds topology {topology}: {holder}") from None
+        # the last holder, as it left the file: when it took the lock and when it let go
+        # (no "released": it died holding it, or an older runner wrote it)
+        try:
+            previous = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        except ValueError:
+            previous = None
+        mine = {"operation": operation, "pid": os.getpid(), "since": _now(), "taken": time.time()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"operation": operation, "pid": os.getpid(),
-                                  "since": _now()}).encode(), 0)
-        yield
+        os.pwrite(fd, json.dumps(mine).encode(), 0)
+        try:
+            yield previous if isinstance(previous, dict) else {}
+        finally:
+            mine["released"] = time.time()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(mine).encode(), 0)
     finally:
         os.close(fd)
 
@@ -608,24 +619,11 @@ def _plan_u(name):
     return __utils__[f"mysqlrepl_switchplan.{name}"]
 
 
-def _server_states(cfg):
-    """Role, read_only, link and TLS of every server (for the result)."""
-    out = {}
-    for name, (ok, st) in sorted(_per_server(cfg, cfg["servers"], "mysqlrepl.status", 30).items()):
-        if not ok:
-            out[name] = {"reachable": False, "error": st}
-            continue
-        rs = st["replica"]
-        out[name] = {
-            "read_only": st["variables"].get("read_only"),
-            "gtid_binlog_pos": st["gtid"]["binlog_pos"],
-            "replicates_from": None if rs is None else f"{rs['host']}:{rs['port']}",
-            "threads": None if rs is None else f"IO {rs['io_running']}, SQL {rs['sql_running']}",
-            "tls_verified": None if rs is None else (rs["ssl_allowed"] == "Yes"
-                                                      and rs["ssl_verify_server_cert"] == "Yes"),
-            "binlog_dump_ciphers": [d.get("cipher") for d in st.get("binlog_dumps") or []],
-        }
-    return out
+def _server_states(cfg, names=None):
+    """Role, read_only, link and TLS of every server, or of ``names`` (for the result)."""
+    summary = _plan_u("server_summary")
+    return {name: summary(ok, st) for name, (ok, st) in sorted(
+        _per_server(cfg, cfg["servers"] if names is None else names, "mysqlrepl.status", 30).items())}
 
 
 def _update_apps(topology, sls, out):  # pylint: disable=redefined-outer-name
@@ -677,7 +675,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     write block of milliseconds and no lost row.
 
     1. Prechecks on every server (nothing changes if one fails; each failure
-       names the check and the reason).
+       names the check and the reason). Their facts are read beside the
+       topology, one job per minion, and read again under the topology's lock
+       when another operation held it meanwhile (``facts_read`` in the result).
     2. ``dry_run=True``: return the plan (steps, changes per server) and stop.
     3. The critical section, on the new master's minion in one call (see
        ``_utils/mysqlrepl_switch.py``): old master read-only within
@@ -725,33 +725,37 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     jid = f"switch-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d%H%M%S%f')}-{os.getpid()}"
     ret["jid"] = jid
     try:
-        if sync_tgt:
-            # side by side: the minions' module check (a sync where they differ) and the
-            # topology read, read again if a minion was synced (it answered from an old module)
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-                reading = pool.submit(_topology, topology)
+        # side by side: the minions' module check (a sync where they differ), the topology
+        # read, and every server's facts for the prechecks (one job per minion). What a
+        # minion answered from an old module is read again once it is synced, and the
+        # facts again under the lock if another operation may have run meanwhile.
+        read_at = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            reading = pool.submit(_topology, topology)
+            facts = pool.submit(_local_facts, topology)
+            if sync_tgt:
                 ret["sync"] = _sync_minions(sync_tgt, "compound")
                 ret["timings"]["sync_s"] = round(time.monotonic() - started, 3)
-                try:
-                    cfg, error = reading.result(), None
-                except (CommandExecutionError, SaltInvocationError) as exc:
-                    cfg, error = None, exc
-            if ret["sync"]["synced"]:
-                cfg = _topology(topology)
-            elif error is not None:
-                raise error
-        else:
-            cfg = _topology(topology)
+            try:
+                cfg, error = reading.result(), None
+            except (CommandExecutionError, SaltInvocationError) as exc:
+                cfg, error = None, exc
+            early = facts.result()
+        if sync_tgt and ret["sync"]["synced"]:
+            cfg, early = _topology(topology), None
+        elif error is not None:
+            raise error
         if new_master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")
         old = cfg["master"]
         if new_master == old:
             raise SaltInvocationError(f"{new_master} is already the master of record")
         ret["old_master"] = old
-        with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})"):
+        with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})") as previous:
+            early = _plan_u("early_facts")(cfg, early, previous, read_at)
             return _switch_locked(cfg, old, new_master, bool(dry_run), jid, ret, started,
                                   {"after": hold_after, "seconds": float(hold_s)} if hold_after else None,
-                                  app_sls, critical_timeout)
+                                  app_sls, critical_timeout, early)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["timings"]["total_s"] = round(time.monotonic() - started, 3)
         return _fail(ret, str(exc))
@@ -765,11 +769,29 @@ def _since(t0):
     return round(time.monotonic() - t0, 3)
 
 
+def _local_facts(topology):  # pylint: disable=redefined-outer-name
+    """
+    Every db minion's ``mysqlrepl.switch_facts local=True`` (its servers, the
+    master of record last), one job each: ``{minion: answer}``, or ``None``
+    when the call failed (the prechecks then read the facts themselves).
+    """
+    tgt = DEFAULT_TGT if not topology else f"( {DEFAULT_TGT} ) and I@mysqlrepl:topology:{topology}"
+    try:
+        with _client() as client:
+            res = client.cmd(tgt, "mysqlrepl.switch_facts", kwarg={"local": True}, tgt_type="compound",
+                             timeout=FACTS_TIMEOUT, full_return=True)
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return {m: out.get("ret") for m, out in res.items()
+            if isinstance(out, dict) and out.get("retcode", 0) == 0 and isinstance(out.get("ret"), dict)}
+
+
 def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # pylint: disable=too-many-arguments
-                   critical_timeout=None):
+                   critical_timeout=None, early=None):
     """The switch under the topology's lock, phase by phase; each phase returns what the next needs."""
     topo = cfg["topology"]
-    pre = _phase_prechecks(cfg, old, new, jid)
+    pre = _phase_prechecks(cfg, old, new, jid, early)
+    ret["facts_read"] = "beside the topology, before the lock (no operation since)" if early else "under the lock"
     ret["prechecks"] = pre["checks"]
     ret["timings"]["prechecks_s"] = _since(started)
     if pre["failed"]:
@@ -834,8 +856,11 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
     return ret
 
 
-def _phase_prechecks(cfg, old, new, jid):
-    """Facts from every server, the prechecks, and (when they pass) the plan; changes nothing."""
+def _phase_prechecks(cfg, old, new, jid, early=None):
+    """
+    Facts from every server (``early``: read before the lock, still current),
+    the prechecks, and (when they pass) the plan; changes nothing.
+    """
     _progress(f"prechecks for {old} -> {new}", tag=_tag("precheck/start"), old=old, new=new, jid=jid)
     def read(names):
         return {n: f for n, (_ok, f) in _per_server(cfg, names, "mysqlrepl.switch_facts", FACTS_TIMEOUT).items()}
@@ -846,7 +871,7 @@ def _phase_prechecks(cfg, old, new, jid):
     # master was read before a replica applied a newer GTID, that replica looks errant:
     # then the old master is read again, after the others, and the checks decide on that.
     record = _read_record(cfg["topology"]) or {}
-    facts = read([n for n in cfg["servers"] if n != old] + [old])
+    facts = early or read([n for n in cfg["servers"] if n != old] + [old])
     checks = _plan_u("prechecks")(cfg, facts, old, new, record)
     if any(c["check"] == "no errant transactions" and not c["ok"] for c in checks):
         facts.update(read([old]))
@@ -960,21 +985,27 @@ def _phase_followers(cfg, old, new, answer, events, jid, switching, app_sls):
                         timeout=cfg["replication"]["wait_timeout"] + ready_timeout + 60)
     got = _plan_u("follower_results")(jobs, answers, new)
     problems += got["problems"]
+    # every server's state as its job read it last; a server no job answered for is read below
+    servers = {name: _plan_u("server_summary")(True, st) for name, st in got["states"].items()
+               if isinstance(st, dict) and "error" not in st}
+    unread = sorted(set(cfg["servers"]) - set(servers))
     # every server of each job ran at once: the repoint and catch-up time is the job's
     timings["repoint_s"] = timings["replicas_ready_s"] = _since(t0)
     _write_record(topo, _new_record(cfg, new, previous=old, pos=answer.get("pos"), jid=jid))
     _progress(f"replicas repointed to {new}", tag=_tag("repointed"), jid=jid, problems=problems)
-    # side by side: the db minions' in-memory pillar learns the new record (their states
-    # compile a fresh one anyway), and every server's state is read for the result
+    # the db minions' in-memory pillar learns the new record (their states compile a
+    # fresh one anyway); beside it, the state of a server no follower job reported
     t1 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         refresh = pool.submit(_refresh_pillar, cfg)
-        servers = _server_states(cfg)
-        timings["server_states_s"] = _since(t1)
+        if unread:
+            servers.update(_server_states(cfg, unread))
+            timings["server_states_s"] = _since(t1)
         try:
             refresh.result()
         except CommandExecutionError as exc:
             problems.append(str(exc))
+    servers = dict(sorted(servers.items()))
     timings["pillar_refresh_s"] = _since(t1)
     for name, st in servers.items():
         if name != new and st.get("reachable", True) and not st.get("tls_verified"):

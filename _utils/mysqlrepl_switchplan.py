@@ -261,12 +261,15 @@ def follower_results(jobs, answers, new):
     """
     The answers of the ``follower_jobs`` (``{minion: (ok, answer or error text)}``):
     ``{"repointed": {name: replication_apply result}, "waits": {name: result},
-    "finish": result, "problems": [text]}``; every server without a good
-    answer is a problem, named.
+    "finish": result, "problems": [text], "states": {name: mysqlrepl.status
+    answer, as the job read it last}}``; every server without a good answer
+    is a problem, named.
     """
-    out = {"repointed": {}, "waits": {}, "finish": None, "problems": []}
+    out = {"repointed": {}, "waits": {}, "finish": None, "problems": [], "states": {}}
     for minion, job in sorted(jobs.items()):
         ok, ans = answers.get(minion, (False, "no answer"))
+        if ok and isinstance(ans, dict):
+            out["states"].update(ans.get("states") or {})
         if not ok or not isinstance(ans, dict):
             if job["finish"]:
                 out["problems"].append(f"{new}: RESET SLAVE ALL failed: {ans}")
@@ -293,6 +296,58 @@ def follower_results(jobs, answers, new):
             if "error" in waited:
                 out["problems"].append(f"{name} did not catch up with {new}: {waited['error']}")
     return out
+
+
+def early_facts(cfg, answers, previous, read_at):
+    """
+    The servers' facts read beside the topology, before the topology's lock
+    was taken (``answers``: ``{minion: mysqlrepl.switch_facts local=True}``),
+    when they can stand for facts read under it; else ``None``: the prechecks
+    read them again under the lock.
+
+    They stand only when (1) no other operation held the lock while or since
+    they were read: its last holder (``previous``, the lock file as it left
+    it; ``{}``: never taken) took it and let go before ``read_at`` (a holder
+    that never let go, i.e. died holding it, or a record without both times
+    does not count); and (2) every server of ``cfg`` was read by the minion
+    that owns it, without error. Times are the host's clock (``time.time()``),
+    written by the runner processes of this salt-master.
+    """
+    if not answers or not isinstance(previous, dict):
+        return None
+    if previous:
+        taken, released = previous.get("taken"), previous.get("released")
+        if not all(isinstance(t, (int, float)) for t in (taken, released)):
+            return None
+        if taken >= read_at or released >= read_at:
+            return None
+    out = {}
+    for name, srv in cfg["servers"].items():
+        got = (answers.get(srv["minion"]) or {}).get(name)
+        if not isinstance(got, dict) or "error" in got or got.get("server") != name:
+            return None
+        out[name] = got
+    return out
+
+
+def server_summary(ok, st):
+    """
+    A server's line in the switch's result from its ``mysqlrepl.status``
+    answer (``ok`` False: ``st`` is the error text): read_only, GTID position,
+    link, threads, TLS verified both ways, and the cipher of each Binlog Dump.
+    """
+    if not ok or not isinstance(st, dict) or "error" in st:
+        return {"reachable": False, "error": st.get("error") if isinstance(st, dict) else st}
+    rs = st["replica"]
+    return {
+        "read_only": st["variables"].get("read_only"),
+        "gtid_binlog_pos": st["gtid"]["binlog_pos"],
+        "replicates_from": None if rs is None else f"{rs['host']}:{rs['port']}",
+        "threads": None if rs is None else f"IO {rs['io_running']}, SQL {rs['sql_running']}",
+        "tls_verified": None if rs is None else (rs["ssl_allowed"] == "Yes"
+                                                  and rs["ssl_verify_server_cert"] == "Yes"),
+        "binlog_dump_ciphers": [d.get("cipher") for d in st.get("binlog_dumps") or []],
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -247,6 +247,58 @@ def test_follower_results():
     out = sp.follower_results(jobs, answers, "db2")
     assert "db2: RESET SLAVE ALL failed: db2 is not writable" in out["problems"]
     assert "db3: boom" in out["problems"]
+    assert out["states"] == {}  # no job read its servers' state: the runner reads them itself
+
+
+def _status(read_only="OFF", replica=True, verified="Yes"):
+    rs = None if not replica else {"host": "127.0.0.12", "port": 3306, "io_running": "Yes",
+                                   "sql_running": "Yes", "ssl_allowed": "Yes",
+                                   "ssl_verify_server_cert": verified}
+    return {"variables": {"read_only": read_only}, "gtid": {"binlog_pos": "0-12-5"}, "replica": rs,
+            "binlog_dumps": [{"cipher": "TLS_AES_256_GCM_SHA384"}]}
+
+
+def test_follower_results_carry_the_states_the_jobs_read():
+    c = cfg({"db1": "h1", "db2": "h2", "db3": "h2"})
+    jobs, _ = sp.follower_jobs(c, "db1", "db2", "0-11-100")
+    ok = {"apply": {"result": True, "comment": "ok"}, "wait": {"seconds": 0.1}}
+    answers = {
+        "h1": (True, {"servers": {"db1": ok}, "states": {"db1": _status("ON")}}),
+        "h2": (True, {"finish": {"pos": "0-12-5"}, "servers": {"db3": ok},
+                      "states": {"db2": _status(replica=False), "db3": {"error": "cannot connect"}}}),
+    }
+    out = sp.follower_results(jobs, answers, "db2")
+    assert sorted(out["states"]) == ["db1", "db2", "db3"] and out["states"]["db3"] == {"error": "cannot connect"}
+
+
+def test_early_facts_stand_only_when_no_operation_held_the_lock_since():
+    c = cfg({"db1": "h1", "db2": "h2", "db3": "h2"})
+    answers = {"h1": {"db1": {"server": "db1"}}, "h2": {"db2": {"server": "db2"}, "db3": {"server": "db3"}}}
+    want = {"db1": {"server": "db1"}, "db2": {"server": "db2"}, "db3": {"server": "db3"}}
+    assert sp.early_facts(c, answers, {}, 100.0) == want  # the lock was never taken
+    assert sp.early_facts(c, answers, {"taken": 90.0, "released": 95.0}, 100.0) == want
+    # held while they were read, taken since, or never let go (died holding it)
+    assert sp.early_facts(c, answers, {"taken": 90.0, "released": 100.5}, 100.0) is None
+    assert sp.early_facts(c, answers, {"taken": 101.0, "released": 102.0}, 100.0) is None
+    assert sp.early_facts(c, answers, {"taken": 90.0}, 100.0) is None
+    assert sp.early_facts(c, answers, {"operation": "seed", "since": "2026-12-07T19:00:00"}, 100.0) is None
+    # a server missing, failed, or answered by a minion that does not own it
+    assert sp.early_facts(c, None, {}, 100.0) is None
+    assert sp.early_facts(c, {"h1": answers["h1"]}, {}, 100.0) is None
+    assert sp.early_facts(c, dict(answers, h1={"db1": {"error": "cannot connect"}}), {}, 100.0) is None
+    assert sp.early_facts(c, {"h1": {"db1": {"server": "db1"}, "db2": {"server": "db2"}, "db3": {"server": "db3"}}},
+                          {}, 100.0) is None
+
+
+def test_server_summary():
+    assert sp.server_summary(True, _status("ON")) == {
+        "read_only": "ON", "gtid_binlog_pos": "0-12-5", "replicates_from": "127.0.0.12:3306",
+        "threads": "IO Yes, SQL Yes", "tls_verified": True, "binlog_dump_ciphers": ["TLS_AES_256_GCM_SHA384"]}
+    assert sp.server_summary(True, _status(verified="No"))["tls_verified"] is False
+    master = sp.server_summary(True, _status(replica=False))
+    assert master["replicates_from"] is None and master["tls_verified"] is None
+    assert sp.server_summary(False, "db3: timed out") == {"reachable": False, "error": "db3: timed out"}
+    assert sp.server_summary(True, {"error": "cannot connect"}) == {"reachable": False, "error": "cannot connect"}
 
 
 def test_stale_minions():
