@@ -119,6 +119,12 @@ def test_switch_and_back(switch_ready, salt_run_cli, salt_cli, mariadb_servers, 
     all_links_verified(mariadb_servers, "db2")
     assert data["critical_section"]["outcome"] == "promoted"
     assert data["timings"]["block_ms"] < 1000
+    # the prechecks' facts came with the topology read (no operation held the lock since),
+    # and every server's state in the result came from the follower jobs
+    assert data["facts_read"].startswith("beside the topology"), data["facts_read"]
+    assert "server_states_s" not in data["timings"], data["timings"]
+    assert data["servers"]["db1"]["replicates_from"] and data["servers"]["db3"]["tls_verified"] is True
+    assert data["servers"]["db2"]["replicates_from"] is None and data["servers"]["db2"]["read_only"] == "OFF"
     rec = run_return(salt_run_cli.run("mysqlrepl.record", "topology=test"))
     assert rec["record"]["master"] == "db2" and "switching" not in rec["record"], rec
     # db minions follow the record; a highstate changes nothing
