@@ -691,6 +691,9 @@ def receive_backup(
 # --------------------------------------------------------------------------------------------
 # sending side (master minion)
 # --------------------------------------------------------------------------------------------
+CONNECT_RETRY_S = 0.05
+
+
 def _connect_tls(host, port, ctx, connect_timeout, source_address=None):
     deadline = time.monotonic() + connect_timeout
     last = None
@@ -724,7 +727,9 @@ def _connect_tls(host, port, ctx, connect_timeout, source_address=None):
         except OSError as exc:  # refused / unreachable / timeout: receiver not up yet
             _close(sock)
             last = exc
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            # both minions' jobs start at once: the receiver listens a moment after the
+            # sender first tries, and every ms waited here is a ms of the seed
+            time.sleep(min(CONNECT_RETRY_S, max(0.0, deadline - time.monotonic())))
 
 
 def _wait_go(tls, host, port, deadline):
