@@ -1816,9 +1816,10 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
       ``@@gtid_binlog_pos`` read once they all run (from the new master's own
       connection when local, else over verified TLS as the replication account).
 
-    * last, the status (``mysqlrepl.status``) of every server of the job, the
-      new master's too, read at once: the runner's result shows it without
-      another round of jobs.
+    * last, the status (``mysqlrepl.status``) of every server of ``servers``,
+      read at once once they have caught up: the runner's result shows it
+      without another round of jobs (the runner reads the new master's itself,
+      once every replica has connected to it).
 
     Returns ``{"finish": result, "pos": pos, "servers": {name: {"apply": result,
     "wait": result}}, "states": {name: status}}`` where a failed part is
@@ -1864,8 +1865,7 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
                              for name in following})
         for name, (ok, res) in waits.items():
             out["servers"][name]["wait"] = res if ok else {"error": res}
-    names = list(servers) + ([master] if finish else [])
-    states = _in_threads({name: (status, [name], {}) for name in names})
+    states = _in_threads({name: (status, [name], {}) for name in servers})
     out["states"] = {name: res if ok else {"error": res} for name, (ok, res) in states.items()}
     return out
 

@@ -396,16 +396,68 @@ def _record_path(topology):  # pylint: disable=redefined-outer-name
     return os.path.join(_state_dir(), f"{topology}.json")
 
 
+def _lock_path(topology):  # pylint: disable=redefined-outer-name
+    return os.path.join(_state_dir(), f"{topology}.lock")
+
+
+def _read_lock_record(fd):
+    """The lock file's record: a dict, or ``"unreadable"`` (empty, cut short, not JSON)."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode())
+    except ValueError:
+        return "unreadable"
+    return record if isinstance(record, dict) else "unreadable"
+
+
+def _write_lock_record(fd, record):
+    # the new bytes first, then cut to their length: never an empty file in between
+    data = json.dumps(record).encode()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+
+
+def _peek_locks():
+    """
+    Every topology's lock record as it is now, without taking any lock:
+    ``{topology: record or "unreadable"}`` (a topology whose lock was never
+    taken has no file and is not listed).
+    """
+    out = {}
+    for entry in os.listdir(_state_dir()):
+        if entry.endswith(".lock"):
+            try:
+                fd = os.open(os.path.join(_state_dir(), entry), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                out[entry[:-len(".lock")]] = _read_lock_record(fd)
+            finally:
+                os.close(fd)
+    return out
+
+
 @contextlib.contextmanager
 def _topology_lock(topology, operation):  # pylint: disable=redefined-outer-name
     """
-    The topology's one lock (seed, switch): an exclusive ``flock`` on
-    ``<cachedir>/mysqlrepl/<topology>.lock`` held by this process for the whole
-    operation; the kernel drops it if the process dies. A second operation
-    fails at once, naming the one that holds it.
+    The topology's one lock (seed, switch, rejoin, record_set): an exclusive
+    ``flock`` on ``<cachedir>/mysqlrepl/<topology>.lock`` held by this process
+    for the whole operation; the kernel drops it if the process dies. A second
+    operation fails at once, naming the one that holds it.
+
+    The file keeps a record of its last holder: ``seq`` (one more at every
+    taking), the operation, its pid, ``since``, and ``released`` once it let
+    go (a holder that died holding it never wrote it). Yields ``{"previous":
+    the record as the last holder left it (or "unreadable"), "created": True
+    when this call made the file}`` (the switch decides with it whether facts
+    read before the lock are still current).
     """
-    path = os.path.join(_state_dir(), f"{topology}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = _lock_path(topology)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
+    except FileExistsError:
+        fd = os.open(path, os.O_RDWR)
+        created = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -413,21 +465,16 @@ def _topology_lock(topology, operation):  # pylint: disable=redefined-outer-name
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
             raise CommandExecutionError(
                 f"another mysqlrepl operation holds topology {topology}: {holder}") from None
-        # the last holder, as it left the file: when it took the lock and when it let go
-        # (no "released": it died holding it, or an older runner wrote it)
+        previous = None if created else _read_lock_record(fd)
+        seq = previous.get("seq") if isinstance(previous, dict) else None
+        mine = {"seq": (seq if isinstance(seq, int) else 0) + 1, "operation": operation,
+                "pid": os.getpid(), "since": _now()}
+        _write_lock_record(fd, mine)
         try:
-            previous = json.loads(os.pread(fd, 4096, 0).decode() or "null")
-        except ValueError:
-            previous = None
-        mine = {"operation": operation, "pid": os.getpid(), "since": _now(), "taken": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(mine).encode(), 0)
-        try:
-            yield previous if isinstance(previous, dict) else {}
+            yield {"previous": previous, "created": created}
         finally:
-            mine["released"] = time.time()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(mine).encode(), 0)
+            mine["released"] = _now()
+            _write_lock_record(fd, mine)
     finally:
         os.close(fd)
 
@@ -729,7 +776,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
         # read, and every server's facts for the prechecks (one job per minion). What a
         # minion answered from an old module is read again once it is synced, and the
         # facts again under the lock if another operation may have run meanwhile.
-        read_at = time.time()
+        # what the topologies' locks said before anything was read (none taken meanwhile,
+        # checked under the lock: then the facts below are as current as if read under it)
+        seen_locks, read_at = _peek_locks(), time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             reading = pool.submit(_topology, topology)
             facts = pool.submit(_local_facts, topology)
@@ -752,7 +801,8 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
             raise SaltInvocationError(f"{new_master} is already the master of record")
         ret["old_master"] = old
         with _topology_lock(cfg["topology"], f"switch to {new_master} (jid {jid})") as previous:
-            early = _plan_u("early_facts")(cfg, early, previous, read_at)
+            early = _plan_u("early_facts")(cfg, early, seen_locks.get(cfg["topology"]), previous,
+                                           time.monotonic() - read_at)
             return _switch_locked(cfg, old, new_master, bool(dry_run), jid, ret, started,
                                   {"after": hold_after, "seconds": float(hold_s)} if hold_after else None,
                                   app_sls, critical_timeout, early)
@@ -791,7 +841,8 @@ def _switch_locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls,  # 
     """The switch under the topology's lock, phase by phase; each phase returns what the next needs."""
     topo = cfg["topology"]
     pre = _phase_prechecks(cfg, old, new, jid, early)
-    ret["facts_read"] = "beside the topology, before the lock (no operation since)" if early else "under the lock"
+    ret["facts_read"] = ("beside the topology, before the lock (no operation took it since)" if early
+                         else "under the lock")
     ret["prechecks"] = pre["checks"]
     ret["timings"]["prechecks_s"] = _since(started)
     if pre["failed"]:
@@ -985,16 +1036,17 @@ def _phase_followers(cfg, old, new, answer, events, jid, switching, app_sls):
                         timeout=cfg["replication"]["wait_timeout"] + ready_timeout + 60)
     got = _plan_u("follower_results")(jobs, answers, new)
     problems += got["problems"]
-    # every server's state as its job read it last; a server no job answered for is read below
+    # every replica's state as its job read it last; the new master's (its Binlog Dump
+    # threads: every replica connected) and a server no job answered for are read below
     servers = {name: _plan_u("server_summary")(True, st) for name, st in got["states"].items()
-               if isinstance(st, dict) and "error" not in st}
+               if isinstance(st, dict) and "error" not in st and name != new}
     unread = sorted(set(cfg["servers"]) - set(servers))
     # every server of each job ran at once: the repoint and catch-up time is the job's
     timings["repoint_s"] = timings["replicas_ready_s"] = _since(t0)
     _write_record(topo, _new_record(cfg, new, previous=old, pos=answer.get("pos"), jid=jid))
     _progress(f"replicas repointed to {new}", tag=_tag("repointed"), jid=jid, problems=problems)
     # the db minions' in-memory pillar learns the new record (their states compile a
-    # fresh one anyway); beside it, the state of a server no follower job reported
+    # fresh one anyway); beside it, the new master's state and any a follower job did not report
     t1 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         refresh = pool.submit(_refresh_pillar, cfg)

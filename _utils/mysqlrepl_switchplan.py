@@ -298,29 +298,37 @@ def follower_results(jobs, answers, new):
     return out
 
 
-def early_facts(cfg, answers, previous, read_at):
+EARLY_FACTS_MAX_AGE_S = 5
+
+
+def early_facts(cfg, answers, seen, held, age_s, max_age_s=EARLY_FACTS_MAX_AGE_S):
     """
     The servers' facts read beside the topology, before the topology's lock
     was taken (``answers``: ``{minion: mysqlrepl.switch_facts local=True}``),
     when they can stand for facts read under it; else ``None``: the prechecks
     read them again under the lock.
 
-    They stand only when (1) no other operation held the lock while or since
-    they were read: its last holder (``previous``, the lock file as it left
-    it; ``{}``: never taken) took it and let go before ``read_at`` (a holder
-    that never let go, i.e. died holding it, or a record without both times
-    does not count); and (2) every server of ``cfg`` was read by the minion
-    that owns it, without error. Times are the host's clock (``time.time()``),
-    written by the runner processes of this salt-master.
+    ``seen``: the topology's lock record read (without the lock) before the
+    facts were read (``None``: no lock file yet; ``"unreadable"``); ``held``:
+    what taking the lock found (``{"previous": record, "created": bool}``);
+    ``age_s``: seconds from that first read to taking the lock.
+
+    They stand only when (1) no operation held the lock while they were read
+    or took it since: either there was no lock file then and this switch made
+    it, or the record then said its holder had let go (``released``) and the
+    lock was found with that same record (same ``seq``); (2) they are at most
+    ``max_age_s`` old; (3) every server of ``cfg`` was read by the minion that
+    owns it, without error. An unreadable record, a holder that died holding
+    the lock (no ``released``) or a record without ``seq`` never count.
     """
-    if not answers or not isinstance(previous, dict):
+    if not answers or not isinstance(held, dict) or age_s > max_age_s:
         return None
-    if previous:
-        taken, released = previous.get("taken"), previous.get("released")
-        if not all(isinstance(t, (int, float)) for t in (taken, released)):
+    if seen is None:
+        if not held.get("created"):
             return None
-        if taken >= read_at or released >= read_at:
-            return None
+    elif not (isinstance(seen, dict) and isinstance(seen.get("seq"), int) and seen.get("released")
+              and held.get("previous") == seen):
+        return None
     out = {}
     for name, srv in cfg["servers"].items():
         got = (answers.get(srv["minion"]) or {}).get(name)

@@ -199,3 +199,41 @@ def test_prechecks_refuse_an_errant_gtid_the_old_master_still_lacks(runner, monk
     out = runner._phase_prechecks(tp.cfg(), "db1", "db2", "jid")  # pylint: disable=protected-access
     assert asked == [["db2", "db3", "db1"], ["db1"]]
     assert [c["check"] for c in out["failed"]] == ["no errant transactions"]
+
+
+# ---------------------------------------------------------------------------
+# the topology lock's record (what the switch reads to reuse facts read before it)
+# ---------------------------------------------------------------------------
+
+def test_topology_lock_records_its_holders(runner, tmp_path):
+    runner.__opts__ = {"cachedir": str(tmp_path)}
+    assert runner._peek_locks() == {}
+    with runner._topology_lock("prod", "seed") as held:
+        assert held == {"previous": None, "created": True}
+        during = runner._peek_locks()["prod"]
+        assert during["seq"] == 1 and during["operation"] == "seed" and "released" not in during
+        # a second operation is refused, naming the holder
+        with pytest.raises(runner.CommandExecutionError, match="holds topology prod: .*seed"):
+            with runner._topology_lock("prod", "switch"):
+                pass
+    first = runner._peek_locks()["prod"]
+    assert first["seq"] == 1 and first["released"]
+    with runner._topology_lock("prod", "switch") as held:
+        assert held == {"previous": first, "created": False}
+    assert runner._peek_locks()["prod"]["seq"] == 2
+    assert oct((tmp_path / "mysqlrepl" / "prod.lock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_topology_lock_after_a_holder_died_or_an_unreadable_record(runner, tmp_path):
+    runner.__opts__ = {"cachedir": str(tmp_path)}
+    path = tmp_path / "mysqlrepl" / "prod.lock"
+    path.parent.mkdir()
+    path.write_text('{"seq": 4, "operation": "switch", "pi')  # cut short
+    assert runner._peek_locks() == {"prod": "unreadable"}
+    with runner._topology_lock("prod", "seed") as held:
+        assert held == {"previous": "unreadable", "created": False}
+    assert runner._peek_locks()["prod"]["seq"] == 1
+    path.write_text('{"seq": 9, "operation": "switch", "pid": 1, "since": "t"}')  # died holding it
+    with runner._topology_lock("prod", "seed") as held:
+        assert "released" not in held["previous"]
+    assert runner._peek_locks()["prod"]["seq"] == 10

@@ -275,19 +275,31 @@ def test_early_facts_stand_only_when_no_operation_held_the_lock_since():
     c = cfg({"db1": "h1", "db2": "h2", "db3": "h2"})
     answers = {"h1": {"db1": {"server": "db1"}}, "h2": {"db2": {"server": "db2"}, "db3": {"server": "db3"}}}
     want = {"db1": {"server": "db1"}, "db2": {"server": "db2"}, "db3": {"server": "db3"}}
-    assert sp.early_facts(c, answers, {}, 100.0) == want  # the lock was never taken
-    assert sp.early_facts(c, answers, {"taken": 90.0, "released": 95.0}, 100.0) == want
-    # held while they were read, taken since, or never let go (died holding it)
-    assert sp.early_facts(c, answers, {"taken": 90.0, "released": 100.5}, 100.0) is None
-    assert sp.early_facts(c, answers, {"taken": 101.0, "released": 102.0}, 100.0) is None
-    assert sp.early_facts(c, answers, {"taken": 90.0}, 100.0) is None
-    assert sp.early_facts(c, answers, {"operation": "seed", "since": "2026-12-07T19:00:00"}, 100.0) is None
+    last = {"seq": 7, "operation": "seed", "pid": 1, "since": "t", "released": "t2"}
+    # never taken: no file before, this switch made it
+    assert sp.early_facts(c, answers, None, {"previous": None, "created": True}, 1.0) == want
+    # let go before the read, and nobody took it since
+    assert sp.early_facts(c, answers, last, {"previous": dict(last), "created": False}, 1.0) == want
+    # no file before, but another operation made it first (and let go) before this switch took it
+    assert sp.early_facts(c, answers, None, {"previous": dict(last), "created": False}, 1.0) is None
+    # taken since the read (another seq), held during the read (no released), died holding it
+    assert sp.early_facts(c, answers, last, {"previous": dict(last, seq=8), "created": False}, 1.0) is None
+    held = {k: v for k, v in last.items() if k != "released"}
+    assert sp.early_facts(c, answers, held, {"previous": dict(held, released="t3"), "created": False}, 1.0) is None
+    assert sp.early_facts(c, answers, held, {"previous": held, "created": False}, 1.0) is None
+    # unreadable records (a file cut short) and records of older runners (no seq) never count
+    assert sp.early_facts(c, answers, "unreadable", {"previous": "unreadable", "created": False}, 1.0) is None
+    old = {"operation": "seed", "pid": 1, "since": "t", "taken": 1.0, "released": 2.0}
+    assert sp.early_facts(c, answers, old, {"previous": old, "created": False}, 1.0) is None
+    # too old
+    assert sp.early_facts(c, answers, last, {"previous": dict(last), "created": False}, 5.1) is None
     # a server missing, failed, or answered by a minion that does not own it
-    assert sp.early_facts(c, None, {}, 100.0) is None
-    assert sp.early_facts(c, {"h1": answers["h1"]}, {}, 100.0) is None
-    assert sp.early_facts(c, dict(answers, h1={"db1": {"error": "cannot connect"}}), {}, 100.0) is None
+    ok = {"previous": dict(last), "created": False}
+    assert sp.early_facts(c, None, last, ok, 1.0) is None
+    assert sp.early_facts(c, {"h1": answers["h1"]}, last, ok, 1.0) is None
+    assert sp.early_facts(c, dict(answers, h1={"db1": {"error": "cannot connect"}}), last, ok, 1.0) is None
     assert sp.early_facts(c, {"h1": {"db1": {"server": "db1"}, "db2": {"server": "db2"}, "db3": {"server": "db3"}}},
-                          {}, 100.0) is None
+                          last, ok, 1.0) is None
 
 
 def test_server_summary():
