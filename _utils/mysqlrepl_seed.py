@@ -42,7 +42,9 @@ The steps of :func:`receive`, in order:
     datadir path, start the server on it and wait until it answers, remove
     the seeded copy. (A failed first rename of step 9 moved nothing: the
     server is started again on its untouched datadir.)
-13. Remove the previous datadir.
+13. Rename the previous datadir to ``.<datadir name>.mysqlrepl-discard`` and
+    remove it; what a failed removal leaves, the next seed removes at step 3
+    (the result's ``left`` says so).
 14. Optionally (``catch_up``) wait until the replica has applied the master's
     current GTID position. A failure here keeps the seeded datadir (it
     replicates; the previous one is gone already) and says "did not catch up".
@@ -112,6 +114,8 @@ def paths(datadir):
         "datadir": datadir,
         "incoming": os.path.join(parent, f".{base}.mysqlrepl-incoming"),
         "previous": os.path.join(parent, f".{base}.mysqlrepl-previous"),
+        # a previous datadir no longer needed (its seed replicates), until it is removed
+        "discard": os.path.join(parent, f".{base}.mysqlrepl-discard"),
     }
 
 
@@ -125,11 +129,13 @@ def require_files(name, files, what, exists=os.path.exists):
 
 
 def _quietly(ops, path):
-    """rmtree that never fails the seed (what it leaves, the next seed removes)."""
+    """rmtree that never fails the seed (what it leaves, the next seed removes): removed or not."""
     try:
         ops["rmtree"](path)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("mysqlrepl: cannot remove %s: %s", path, exc)
+        return False
+    return True
 
 
 def _call(op, *args):
@@ -232,8 +238,9 @@ def receive(name, service, master, where, ops, tls_files=(), force=False, catch_
             f"{previous} is left from an earlier seed of {name} that did not finish: it may hold "
             f"{name}'s own datadir (that seed's error says). Move it back or remove it by hand, then "
             "seed again; nothing changed")
-    if ops["exists"](incoming):
-        ops["rmtree"](incoming)
+    for stale in (incoming, where["discard"]):  # an unfinished copy; a datadir a past seed discarded
+        if ops["exists"](stale):
+            ops["rmtree"](stale)
     ops["makedirs"](incoming)
     timings = {}
     started = clock()
@@ -280,10 +287,20 @@ def receive(name, service, master, where, ops, tls_files=(), force=False, catch_
         put_back(name, service, where, ops, exc, stage)
         raise
 
-    # 13. the seeded server replicates from the master: only now the old datadir goes
-    _quietly(ops, previous)
+    # 13. the seeded server replicates from the master: only now the old datadir goes, first
+    # renamed out of the previous datadir's name (a removal that fails half-way must not look
+    # like a put-back that failed to the next seed); what is left, the next seed removes
     out = {"server": name, "seeded": True, "gtid": info["gtid"], "bytes": received["bytes"],
            "timings": timings}
+    try:
+        ops["rename"](previous, where["discard"])
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("mysqlrepl: cannot rename %s to %s: %s", previous, where["discard"], exc)
+        out["left"] = (f"the old datadir of {name} is still at {previous} ({exc}): remove it by hand "
+                       "before the next seed")
+    else:
+        if not _quietly(ops, where["discard"]):
+            out["left"] = f"the old datadir of {name} is not fully removed: the next seed removes {where['discard']}"
 
     # 14. optionally wait until it has applied what the master has now
     if catch_up:

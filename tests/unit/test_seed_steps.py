@@ -169,9 +169,9 @@ class Replica:
             return handle.read()
 
     def beside(self):
-        """What the seed left beside the datadir: {"incoming"/"previous": marker or None}."""
+        """What the seed left beside the datadir: {"incoming"/"previous"/"discard": marker or None}."""
         out = {}
-        for key in ("incoming", "previous"):
+        for key in ("incoming", "previous", "discard"):
             if os.path.exists(self.where[key]):
                 path = os.path.join(self.where[key], MARKER)
                 out[key] = open(path, encoding="utf-8").read() if os.path.exists(path) else None
@@ -203,6 +203,7 @@ def test_paths_sit_beside_the_datadir():
         "datadir": "/var/lib/mysql",
         "incoming": "/var/lib/.mysql.mysqlrepl-incoming",
         "previous": "/var/lib/.mysql.mysqlrepl-previous",
+        "discard": "/var/lib/.mysql.mysqlrepl-discard",
     }
 
 
@@ -436,7 +437,7 @@ def test_a_seed_replaces_the_datadir_and_removes_the_previous_one(tmp_path):
         "caught_up": {"pos": "0-11-50", "seconds": 3.0},
     }
     assert r.names() == ["replica_status"] + PREFIX + SWAP + [
-        "wait_up", "position", "replicate", "rmtree previous", "catch_up"]
+        "wait_up", "position", "replicate", "rename previous->discard", "rmtree discard", "catch_up"]
     assert ("position", "0-11-42") in r.calls
     assert r.datadir_holds() == "seeded" and r.running == "seeded"
     assert r.beside() == {}
@@ -458,16 +459,36 @@ def test_a_seeded_replica_that_does_not_catch_up_keeps_the_seeded_datadir(tmp_pa
         r.receive()
     assert str(err.value) == ("db2 was seeded and replicates but did not catch up with db1: "
                               "db2 did not reach 0-11-50 within 60s")
-    assert r.names()[-2:] == ["rmtree previous", "catch_up"]
+    assert r.names()[-3:] == ["rename previous->discard", "rmtree discard", "catch_up"]
     assert r.datadir_holds() == "seeded" and r.running == "seeded"
     assert r.beside() == {}
 
 
-def test_a_previous_datadir_that_cannot_be_removed_does_not_fail_the_seed(tmp_path):
-    r = Replica(tmp_path, fail={"rmtree": {1: OSError(13, "Permission denied")}})
+def test_a_previous_datadir_that_cannot_be_removed_does_not_fail_the_seed(tmp_path, monkeypatch):
+    # the removal stops half-way: what is left no longer bears the previous datadir's name
+    real = shutil.rmtree
+
+    def half(path):
+        os.remove(os.path.join(path, MARKER))
+        raise OSError(13, "Permission denied")
+
+    r = Replica(tmp_path)
+    monkeypatch.setattr(shutil, "rmtree", half)
     out = r.receive(catch_up=False)
-    assert out["seeded"] is True
+    monkeypatch.setattr(shutil, "rmtree", real)
+    assert out["seeded"] is True and "next seed removes" in out["left"]
     assert r.datadir_holds() == "seeded" and r.running == "seeded"
+    assert r.beside() == {"discard": None}
+    # the next seed is not refused, and removes it first
+    out = r.receive(force=True, catch_up=False)
+    assert out["seeded"] is True and "left" not in out and r.beside() == {}
+    assert r.names().count("rmtree discard") == 3
+
+
+def test_a_previous_datadir_that_cannot_be_renamed_is_kept_and_named(tmp_path):
+    r = Replica(tmp_path, fail={"rename": {3: OSError(16, "Device or resource busy")}})
+    out = r.receive(catch_up=False)
+    assert out["seeded"] is True and "still at" in out["left"] and "by hand" in out["left"]
     assert r.beside() == {"previous": "old"}
 
 
