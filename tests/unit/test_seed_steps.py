@@ -599,3 +599,56 @@ def test_seed_receive_refuses_on_the_master_of_record(module):
     with pytest.raises(CommandExecutionError, match="db1 is the master of record: it is not seeded"):
         mod.seed_receive("db1")
     assert seen["calls"] == []
+
+
+def test_bound_callbacks_see_the_jobs_loader_from_a_util_and_from_a_thread(module):
+    """
+    Salt resolves ``__salt__`` through the loader of the current context: inside a util's call
+    that is the utils loader (no ``__utils__`` there), in a bare thread there is none. A
+    callback made with ``_bound`` in the module's function sees the module's loader anywhere.
+    """
+    import threading  # pylint: disable=import-outside-toplevel
+    import types  # pylint: disable=import-outside-toplevel
+
+    from salt.loader.context import LoaderContext, NamedLoaderContext, loader_ctxvar  # pylint: disable=import-outside-toplevel
+
+    module = module[0]
+    sent = []
+    module_loader = types.SimpleNamespace(pack={"__salt__": {"event.send": lambda tag, data: sent.append(tag)}},
+                                          pack_self="__module_self__", parent_loader=None)
+    utils_loader = types.SimpleNamespace(pack={}, pack_self="__utils_self__", parent_loader=None)
+    module.__salt__ = NamedLoaderContext("__salt__", LoaderContext())
+
+    def send():
+        module.__salt__["event.send"]("seed/db2/receive", {})
+
+    def in_thread(fn):
+        errors = []
+
+        def run():
+            try:
+                fn()
+            except Exception as exc:  # pylint: disable=broad-except
+                errors.append(exc)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        return errors
+
+    token = loader_ctxvar.set(module_loader)
+    try:
+        bound = module._bound(send)
+        unbound = send
+    finally:
+        loader_ctxvar.reset(token)
+    # inside a util's call (its loader current): the bare callback fails, the bound one works
+    token = loader_ctxvar.set(utils_loader)
+    try:
+        with pytest.raises(Exception, match="packed value for: __salt__"):
+            unbound()
+        bound()
+    finally:
+        loader_ctxvar.reset(token)
+    # in a thread of its own: no loader at all
+    assert len(in_thread(unbound)) == 1
+    assert in_thread(bound) == [] and sent == ["seed/db2/receive", "seed/db2/receive"]
