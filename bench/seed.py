@@ -56,7 +56,8 @@ What it does
   run, nothing else running.
 * lock_ms: how long the server held BACKUP STAGE BLOCK_COMMIT during the seed, as
   ``salt-run mysqlrepl.seed`` reports it (``master_locks.block_commit_ms``: the master's minion
-  polls ``information_schema.METADATA_LOCK_INFO`` every ~1 ms near the end stages; its source
+  polls ``information_schema.METADATA_LOCK_INFO`` every ~1 ms near the end stages, then waits for
+  BLOCK_COMMIT's end with a BACKUP STAGE START of its own; its source
   and resolution are printed per run, beside the same span read from db1's general log,
   ``log_output=TABLE``, microsecond ``event_time``).  raw_lock_ms: the raw run's
   ``BACKUP STAGE BLOCK_COMMIT`` -> ``BACKUP STAGE END`` span in db1's general log.

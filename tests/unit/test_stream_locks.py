@@ -33,7 +33,8 @@ def test_summary_reports_the_commit_block_and_ddl_block_with_its_source():
     assert info["block_commit_ms"] == 4.0 and info["resolution_ms"] == 3.0
     assert info["block_ddl_ms"] == 7.0  # BLOCK_DDL (3) then BLOCK_COMMIT (4): DDL waits through both
     assert info["source"] == ("server: information_schema.METADATA_LOCK_INFO polled every ~1 ms near the end "
-                              "stages (resolution_ms: the longest gap actually seen)")
+                              "stages, then BLOCK_COMMIT's end by a BACKUP STAGE START that waits for it "
+                              "(resolution_ms: the longest gap actually seen)")
     assert info["ftwrl"] is False and info["polls"] == 5
 
 
@@ -46,7 +47,8 @@ def test_summary_flags_a_global_read_lock_and_says_when_nothing_was_seen():
 class FakeConn:
     """Answers LOCK_WATCH_SQL from a script of lock sets; the clock advances 1 ms per call."""
 
-    def __init__(self, script, clock):
+    def __init__(self, script, clock, probe_wait=0.006):
+        self.probe_wait = probe_wait
         self.script = list(script)
         self.clock = clock
         self.queries = []
@@ -58,6 +60,8 @@ class FakeConn:
     def execute(self, sql):
         self.queries.append(sql)
         self.clock.now += 0.0005
+        if sql.startswith("SET STATEMENT lock_wait_timeout"):
+            self.clock.now += self.probe_wait  # BACKUP STAGE START waits for the backup's END
 
     def fetchall(self):
         modes = self.script.pop(0) if self.script else []
@@ -87,14 +91,31 @@ def test_watch_polls_slowly_then_fast_near_the_end_and_stops_once_unlocked():
                                process=False)
     watch.unlocked()  # mariadb-backup already said so: the first poll that sees no lock ends it
     watch._loop()  # pylint: disable=protected-access
-    gaps = [round((b[0] - a[0]) * 1000, 1) for a, b in zip(watch.observations, watch.observations[1:])]
-    assert gaps[:3] == [20.5, 20.5, 20.5]  # slow until FLUSH is seen
-    assert set(gaps[3:]) == {1.5}
-    assert len(watch.observations) == 10 and conn.closed
+    polls = watch.observations[:5]
+    gaps = [round((b[0] - a[0]) * 1000, 1) for a, b in zip(polls, polls[1:])]
+    assert gaps == [20.5, 20.5, 20.5, 1.5]  # slow until FLUSH is seen, then fast
+    assert polls[-1][2] == {"BLOCK_COMMIT"}
+    # then no more polls: a BACKUP STAGE START waits for the backup's END, and is ended
+    assert conn.queries[-2:] == ["SET STATEMENT lock_wait_timeout=3600 FOR BACKUP STAGE START", "BACKUP STAGE END"]
+    assert conn.queries.count(st.LOCK_WATCH_SQL) == 5 and len(watch.observations) == 7 and conn.closed
     assert conn.queries[0] == "SET SESSION sql_log_off = 1"
     info = st.lock_summary(watch.observations, 1.0)
-    # seen in 5 polls 1.5 ms apart (each 0.5 ms long): between 5.5 and 9.5 ms
-    assert info["block_commit_ms"] == 7.5 and info["resolution_ms"] == 2.0
+    # first seen by the poll sent 1 ms after the previous one was answered (began within that
+    # ms and the 0.5 ms poll); ended within 1 ms before the START returned, 6.5 ms after it was sent
+    assert 6.5 <= info["block_commit_ms"] <= 8.5 and info["resolution_ms"] <= 1.5
+
+
+def test_watch_whose_start_did_not_wait_bounds_the_end_by_the_polls():
+    clock = Clock()
+    script = [["MDL_BACKUP_START", "MDL_BACKUP_FLUSH"], ["MDL_BACKUP_WAIT_COMMIT"]]
+    conn = FakeConn(script, clock, probe_wait=0.0)
+    watch = st.BackupLockWatch(lambda: conn, fast=0.001, slow=0.02, clock=clock, sleep=clock.sleep,
+                               process=False)
+    watch._loop()  # pylint: disable=protected-access
+    assert [o[2] for o in watch.observations] == [{"START", "FLUSH"}, {"BLOCK_COMMIT"}, set()]
+    info = st.lock_summary(watch.observations, 1.0)
+    # the backup had ended already: between the poll that saw it and the START's return
+    assert info["block_commit_ms"] is not None and info["resolution_ms"] >= 0.25
 
 
 def test_watch_failure_is_reported_not_raised():
