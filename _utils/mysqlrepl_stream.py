@@ -332,6 +332,10 @@ def lock_summary(observations, interval_ms, error=None):
     }
     if error:
         info["error"] = error
+    if commit and error and commit[-1]["open_end"]:
+        # the watch failed while BLOCK_COMMIT was held (e.g. its BACKUP STAGE START was refused):
+        # its end is unknown, so no figure (the caller falls back to mariadb-backup's lines)
+        commit = commit[:-1]
     if commit:
         longest = max(commit, key=lambda s: s["ms"])
         info["block_commit_ms"] = longest["ms"]

@@ -126,3 +126,20 @@ def test_watch_failure_is_reported_not_raised():
     watch.start()
     info = watch.finish()
     assert info["block_commit_ms"] is None and "no socket" in info["error"]
+
+
+def test_a_watch_that_fails_while_block_commit_is_held_gives_no_figure():
+    class Refused(FakeConn):
+        def execute(self, sql):
+            super().execute(sql)
+            if sql.startswith("SET STATEMENT lock_wait_timeout"):
+                raise OSError("1227: Access denied; you need the RELOAD privilege")
+
+    clock = Clock()
+    conn = Refused([["MDL_BACKUP_START", "MDL_BACKUP_FLUSH"], ["MDL_BACKUP_WAIT_COMMIT"]], clock)
+    watch = st.BackupLockWatch(lambda: conn, fast=0.001, slow=0.02, clock=clock, sleep=clock.sleep,
+                               process=False)
+    watch._loop()  # pylint: disable=protected-access
+    assert "RELOAD" in watch.error and conn.closed
+    info = st.lock_summary(watch.observations, 1.0, watch.error)
+    assert info["block_commit_ms"] is None and "RELOAD" in info["error"]
