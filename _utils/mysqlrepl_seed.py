@@ -29,7 +29,9 @@ The steps of :func:`receive`, in order:
    Once the incoming directory is made, a failure in 3-7 removes it and is
    raised again; the server and its datadir were never touched.
 8. Stop the server. If it does not stop (``False`` or an error): the incoming
-   directory is removed and the seed fails, "nothing changed".
+   directory is removed, the server is started again (a no-op when it runs:
+   a failed stop may still have stopped it) and waited for, and the seed
+   fails, "nothing changed" (or says the server does not answer).
 9. Swap: datadir -> ``.<datadir name>.mysqlrepl-previous``, then incoming ->
    datadir.
 10. Start the server on the seeded datadir and wait until it answers.
@@ -266,6 +268,18 @@ def receive(name, service, master, where, ops, tls_files=(), force=False, catch_
     ok, detail = _call(ops["stop"])
     if not ok:
         _quietly(ops, incoming)
+        # a stop that failed may still have stopped the server: start it (a no-op when it
+        # runs) and wait until it answers, so that "nothing changed" is true
+        started, why = _call(ops["start"])
+        if started:
+            try:
+                ops["wait_up"]()
+            except Exception as exc:  # pylint: disable=broad-except
+                started, why = False, f" ({exc})"
+        if not started:
+            raise CommandExecutionError(
+                f"service.stop {service} failed{detail}, and the server does not answer after "
+                f"service.start{why}: nothing was moved ({datadir} is its own datadir); start it by hand")
         raise CommandExecutionError(f"service.stop {service} failed{detail}; nothing changed")
 
     # 9-12. swap, start, position, replicate; any failure puts the old datadir back

@@ -301,8 +301,25 @@ def test_a_server_that_does_not_stop_changes_nothing(tmp_path, outcome, detail):
         r.receive()
     assert str(err.value).startswith(f"service.stop mariadb@db2 failed{detail}")
     assert str(err.value).endswith("; nothing changed")
-    assert r.names() == ["replica_status"] + PREFIX + ["stop", "rmtree incoming"]
+    assert r.names() == ["replica_status"] + PREFIX + ["stop", "rmtree incoming", "start", "wait_up"]
     assert_runs_on_own(r)
+
+
+def test_a_stop_that_failed_but_stopped_the_server_starts_it_again_or_says_so(tmp_path):
+    class HalfStop(Replica):
+        def stop(self):
+            self._step("stop")
+            self.running = None  # it went down, yet the service manager reported a failure
+            return False
+
+    r = HalfStop(tmp_path)
+    with pytest.raises(CommandExecutionError, match="; nothing changed$"):
+        r.receive()
+    assert_runs_on_own(r)
+    r = HalfStop(tmp_path / "again", fail={"start": {1: False}})
+    with pytest.raises(CommandExecutionError, match="does not answer after service.start: nothing was moved"):
+        r.receive()
+    assert r.running is None and r.datadir_holds() == "old" and r.beside() == {}
 
 
 # ---------------------------------------------------------------------------
