@@ -237,3 +237,65 @@ def test_topology_lock_after_a_holder_died_or_an_unreadable_record(runner, tmp_p
     with runner._topology_lock("prod", "seed") as held:
         assert "released" not in held["previous"]
     assert runner._peek_locks()["prod"]["seq"] == 10
+
+
+# ---------------------------------------------------------------------------
+# switch(): which facts reach the prechecks
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def wired(runner, tmp_path, monkeypatch):
+    """switch() with its Salt calls scripted: the topology, the early facts, the sync, the lock (real)."""
+    runner.__opts__ = {"cachedir": str(tmp_path)}
+    runner.__utils__ = {"mysqlrepl_switchplan.early_facts": sp.early_facts,
+                        "mysqlrepl_config.valid_name": lambda name: True}
+    c = tp.cfg({"db1": "h1", "db2": "h2", "db3": "h3"})
+    facts = {f"h{i}": {f"db{i}": {"server": f"db{i}", "read_early": True}} for i in (1, 2, 3)}
+    seen = {"topology": [], "locked": []}
+    script = {"synced": {}}
+
+    def topology(name):
+        seen["topology"].append(name)
+        return c
+
+    monkeypatch.setattr(runner, "_topology", topology)
+    monkeypatch.setattr(runner, "_local_facts", lambda name: facts)
+    monkeypatch.setattr(runner, "_sync_minions", lambda tgt, tgt_type: {"synced": script["synced"], "current": []})
+
+    def locked(cfg, old, new, dry_run, jid, ret, started, hold, app_sls, critical_timeout=None, early=None):
+        seen["locked"].append(early)
+        ret["result"] = True
+        return ret
+
+    monkeypatch.setattr(runner, "_switch_locked", locked)
+    return runner, seen, script
+
+
+def test_switch_takes_the_early_facts_when_nothing_was_synced_and_no_one_held_the_lock(wired):
+    runner, seen, _script = wired
+    assert runner.switch("db2", sync_tgt="I@mysqlrepl:*")["result"] is True
+    assert seen["locked"][-1] == {f"db{i}": {"server": f"db{i}", "read_early": True} for i in (1, 2, 3)}
+    # the lock was taken and let go meanwhile (by that switch): the next one may take them too
+    assert runner.switch("db2")["result"] is True and seen["locked"][-1] is not None
+
+
+def test_switch_drops_the_early_facts_after_a_sync(wired):
+    runner, seen, script = wired
+    script["synced"] = {"h2": {"why": "modules/mysqlrepl.py differs"}}
+    assert runner.switch("db2", sync_tgt="I@mysqlrepl:*")["result"] is True
+    # a synced minion answered from its old module: the topology is read again, the facts under the lock
+    assert seen["locked"][-1] is None and len(seen["topology"]) == 2
+
+
+def test_switch_drops_the_early_facts_when_another_operation_took_the_lock_meanwhile(wired, monkeypatch):
+    runner, seen, _script = wired
+    real = runner._local_facts
+
+    def seed_meanwhile(name):
+        with runner._topology_lock("prod", "seed"):
+            pass
+        return real(name)
+
+    monkeypatch.setattr(runner, "_local_facts", seed_meanwhile)
+    assert runner.switch("db2")["result"] is True
+    assert seen["locked"][-1] is None
