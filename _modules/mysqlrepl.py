@@ -1243,13 +1243,8 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
             _run(conn, _sql("set_gtid_slave_pos")(gtid))
 
     def catch_up_with_master():
-        """The master's @@gtid_binlog_pos (over TLS as the replica's link), applied here."""
-        mconn = _u("mysqlrepl_db.connect_tls")(
-            master["address"], master["port"], cfg["replication"]["user"], cfg["replication"]["password"],
-            files["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
-            connect_timeout=10, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=30)
-        with _u("mysqlrepl_db.closing")(mconn):
-            pos = _one(mconn, _sql("gtid_position")(_version(mconn)))["pos"]
+        """The master's position (over TLS as the replica's link), applied here."""
+        pos = _master_position(cfg, cfg["master"], srv, connect_timeout=10, read_timeout=30)
         wait_for_gtid(pos, name, timeout=cfg["replication"]["wait_timeout"])
         return pos
 
@@ -1787,16 +1782,18 @@ def _in_threads(jobs):
     return out
 
 
-def _master_position(cfg, master, via):
-    """The new master's ``@@gtid_binlog_pos``, asked over verified TLS as the replication
-    account with ``via``'s certificate (as its replication link connects; no privilege needed)."""
+def _master_position(cfg, master, via, connect_timeout=5, read_timeout=10):
+    """A master's GTID position (``mysqlrepl_sql.gtid_position``), asked over verified TLS as
+    the replication account with ``via``'s certificate (as its replication link connects; no
+    privilege needed)."""
     peer = cfg["servers"][master]
     conn = _u("mysqlrepl_db.connect_tls")(
         peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
         via["tls_files"]["ca"], via["replication_cert"]["cert"], via["replication_cert"]["key"],
-        connect_timeout=5, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=10)
+        connect_timeout=connect_timeout, verify_identity=cfg["tls"]["verify_server_cert"],
+        read_timeout=read_timeout)
     with _u("mysqlrepl_db.closing")(conn):
-        return _one(conn, ("SELECT @@GLOBAL.gtid_binlog_pos AS pos", None))["pos"]
+        return _one(conn, _sql("gtid_position")(_version(conn)))["pos"]
 
 
 def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeout=60):

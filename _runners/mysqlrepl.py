@@ -774,10 +774,9 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
     try:
         # side by side: the minions' module check (a sync where they differ), the topology
         # read, and every server's facts for the prechecks (one job per minion). What a
-        # minion answered from an old module is read again once it is synced, and the
-        # facts again under the lock if another operation may have run meanwhile.
-        # what the topologies' locks said before anything was read (none taken meanwhile,
-        # checked under the lock: then the facts below are as current as if read under it)
+        # minion answered from an old module is read again once it is synced; the facts
+        # count only if the topology's lock record is the same under the lock as it was
+        # here, before anything was read (early_facts), else they are read again.
         seen_locks, read_at = _peek_locks(), time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             reading = pool.submit(_topology, topology)
