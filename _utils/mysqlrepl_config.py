@@ -27,6 +27,9 @@ ROOT = "mysqlrepl"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 REQUIRE_MODES = ("ssl", "x509", "subject")
 SEED_METHODS = ("backup",)
+# a DNS name (the name a replica connects to through a tunnel, in its master's certificate)
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 # Per-server defaults for Debian-family hosts; pillar ``mysqlrepl:server_defaults``
 # overrides them for every server, ``mysqlrepl:servers:<name>`` for one.
@@ -44,6 +47,9 @@ SERVER_DEFAULTS = {
     "bind_address": None,
     "connection": {},
     "settings": {},
+    # this host's sshd, for tunnels whose far side it is (host: default the server's address)
+    "sshd": {"host": None, "port": 22, "host_key_file": "/etc/ssh/ssh_host_ed25519_key.pub",
+             "authorized_keys_file": None},
 }
 
 DEFAULTS = {
@@ -88,6 +94,27 @@ DEFAULTS = {
         "log_copy_interval": 10,
     },
     "server_defaults": {},
+    # two-master topologies (``masters: [a, b]``): every master's auto_increment_increment;
+    # offsets are 1 and 2 in the order of ``masters`` unless a server sets its own
+    "auto_increment_increment": 2,
+    # SSH tunnels (``servers:<name>:tunnels``), for every tunnel of the topology
+    "tunnel": {
+        # the login on the far side's sshd, and the local user that runs ssh
+        "user": "mysqlrepl-tunnel",
+        # ssh's ServerAliveInterval / ServerAliveCountMax: a dead link is noticed
+        # within interval x count seconds, then autossh starts ssh again
+        "alive_interval": 10,
+        "alive_count": 3,
+        "connect_timeout": 10,
+        # per server: <dir>/<server>/ holds the ssh key (made there, 0600) and known_hosts
+        "dir": "/var/lib/mysqlrepl-tunnel",
+        "unit_dir": "/etc/systemd/system",
+        "autossh": "/usr/bin/autossh",
+        "ssh": "/usr/bin/ssh",
+        # <server>.<topology>.<domain>: the name a replica connects to through a tunnel,
+        # resolved to 127.0.0.1 on its host and carried by its master's certificate
+        "domain": "mysqlrepl.internal",
+    },
     # the switch's account: sets read_only on the old master from the new
     # master's minion over verified TLS (REQUIRE X509); made on every server
     # when a password is set
@@ -117,7 +144,8 @@ DEFAULTS = {
 
 # key -> (type or tuple of types, required?)
 _TOP = {
-    "topology": (str, False), "master": (str, True), "restart_allowed": (bool, False),
+    "topology": (str, False), "master": (str, False), "masters": (list, False),
+    "restart_allowed": (bool, False), "auto_increment_increment": (int, False), "tunnel": (dict, False),
     "ca": (dict, True), "tls": (dict, False), "replication": (dict, True),
     "seed": (dict, False), "servers": (dict, True), "server_defaults": (dict, False),
     # consumed by map.jinja / SLS only
@@ -126,6 +154,18 @@ _TOP = {
     # written by the formula's ext_pillar from the master record, not by hand
     "switching": (dict, False), "record": (dict, False),
 }
+_TUNNEL = {
+    "user": (str, False), "alive_interval": (int, False), "alive_count": (int, False),
+    "connect_timeout": (int, False), "dir": (str, False), "unit_dir": (str, False),
+    "autossh": (str, False), "ssh": (str, False), "domain": (str, False),
+}
+_TUNNEL_ENTRY = {
+    "peer": (str, True), "port": (int, True), "seed_port": (int, False),
+    "peer_port": (int, False), "peer_seed_port": (int, False),
+    "alive_interval": (int, False), "alive_count": (int, False),
+}
+_SSHD = {"host": (str, False), "port": (int, False), "host_key_file": (str, False),
+         "authorized_keys_file": (str, False)}
 _ADMIN = {"user": (str, False), "host": (str, False), "password": (str, False)}
 _SWITCH = {
     "lock_budget": (int, False), "catchup_timeout": ((int, float), False),
@@ -157,8 +197,14 @@ _SERVER = {
     "datadir": (str, False), "socket": (str, False), "config_file": (str, False),
     "config_section": (str, False), "tls_dir": (str, False), "service": (str, False),
     "os_user": (str, False), "bind_address": (str, False), "restart_allowed": (bool, False),
-    "connection": (dict, False), "settings": (dict, False),
+    "connection": (dict, False), "settings": (dict, False), "sshd": (dict, False),
+    # two-master topologies: which master a replica follows; a master's own offset
+    "source": (str, False), "auto_increment_offset": (int, False),
+    # SSH port forwards this server's host opens (one entry per link; see README)
+    "tunnels": (list, False),
 }
+# per-server keys that mean something for one server only
+_SERVER_ONLY = ("address", "server_id", "minion", "source", "auto_increment_offset", "tunnels")
 _CONNECTION = {
     "default_file": (str, False), "unix_socket": (str, False), "user": (str, False),
     "password": (str, False),
@@ -321,8 +367,10 @@ def load(raw, minion_id=None):
     _check(raw.get("admin") or {}, _ADMIN, path + ["admin"])
     _check(raw.get("switch") or {}, _SWITCH, path + ["switch"])
     _check(raw.get("server_defaults") or {},
-           {k: v for k, v in _SERVER.items() if k not in ("address", "server_id", "minion")},
+           {k: v for k, v in _SERVER.items() if k not in _SERVER_ONLY},
            path + ["server_defaults"])
+    _check((raw.get("server_defaults") or {}).get("sshd") or {}, _SSHD, path + ["server_defaults", "sshd"])
+    _check(raw.get("tunnel") or {}, _TUNNEL, path + ["tunnel"])
 
     cfg = _merge(DEFAULTS, {k: v for k, v in raw.items() if k != "servers"})
     if not NAME_RE.match(cfg["topology"]):
@@ -372,7 +420,11 @@ def load(raw, minion_id=None):
             _fail(spath, "invalid server name")
         _check(server, _SERVER, spath)
         _check(server.get("connection") or {}, _CONNECTION, spath + ["connection"])
+        _check(server.get("sshd") or {}, _SSHD, spath + ["sshd"])
         srv = _merge(defaults, server)
+        srv["sshd"]["host"] = srv["sshd"]["host"] or srv["address"]
+        srv["gtid_domain_id_set"] = ("gtid_domain_id" in server
+                                     or "gtid_domain_id" in (cfg["server_defaults"] or {}))
         srv["name"] = name
         srv.setdefault("minion", name)
         srv["minion"] = srv.get("minion") or name
@@ -418,10 +470,9 @@ def load(raw, minion_id=None):
         srv["replication_cert"] = {"cert": client["cert"], "key": client["key"]}
         servers[name] = srv
 
-    if cfg["master"] not in servers:
-        _fail(path + ["master"], f"unknown server {cfg['master']!r} "
-                                 f"(servers: {', '.join(sorted(servers))})")
     cfg["servers"] = servers
+    _roles(cfg, raw, path)
+    _tunnels(cfg, raw, path)
     ca = cfg["ca"]
     ca["dir"] = posixpath.join(ca["cacert_path"], ca["ca_name"])
     ca["cert_file"] = posixpath.join(ca["dir"], f"{ca['ca_name']}_ca_cert.crt")
@@ -432,6 +483,212 @@ def load(raw, minion_id=None):
         name for name, srv in servers.items() if minion_id is not None and srv["minion"] == minion_id
     )
     return cfg
+
+
+def _roles(cfg, raw, path):
+    """
+    Who replicates from whom. ``master: a``: one writable master, every other server
+    replicates from it. ``masters: [a, b]`` (seed 001): both writable by design, each
+    replicates from the other, replicas follow ``source`` (default the first); each
+    master gets its own auto_increment_offset and gtid_domain_id.
+    """
+    servers = cfg["servers"]
+    known = f"(servers: {', '.join(sorted(servers))})"
+    if raw.get("masters") is not None:
+        if raw.get("master") is not None:
+            _fail(path + ["masters"], "set either master (one master) or masters (a two-master pair), not both")
+        masters = raw["masters"]
+        if len(masters) != 2 or len(set(map(str, masters))) != 2:
+            _fail(path + ["masters"], f"names exactly two distinct servers, got {masters!r}")
+        for name in masters:
+            if name not in servers:
+                _fail(path + ["masters"], f"unknown server {name!r} {known}")
+        cfg["master"] = masters[0]
+    else:
+        if cfg.get("master") is None:
+            _fail(path + ["master"], "missing required key (or masters: [a, b] for a two-master pair)")
+        if cfg["master"] not in servers:
+            _fail(path + ["master"], f"unknown server {cfg['master']!r} {known}")
+        masters = [cfg["master"]]
+    cfg["masters"] = list(masters)
+    cfg["two_masters"] = len(masters) == 2
+    increment = cfg["auto_increment_increment"]
+    if cfg["two_masters"] and not 2 <= increment <= 65535:
+        _fail(path + ["auto_increment_increment"], "must be between 2 and 65535 for two masters")
+    sources, offsets, domains = {}, {}, {}
+    for name, srv in servers.items():
+        spath = path + ["servers", name]
+        if name in masters:
+            if srv.get("source") is not None:
+                _fail(spath + ["source"], f"{name} is a master: it replicates from "
+                      + (f"the other master" if cfg["two_masters"] else "nobody"))
+            sources[name] = next((m for m in masters if m != name), None)
+        else:
+            if srv.get("source") is not None and not cfg["two_masters"]:
+                _fail(spath + ["source"], "only with masters: [a, b]; with one master every replica "
+                                          "replicates from it")
+            source = srv.get("source") or masters[0]
+            if source not in masters:
+                _fail(spath + ["source"], f"must be one of the masters {masters}, got {source!r}")
+            sources[name] = source
+            if srv.get("auto_increment_offset") is not None:
+                _fail(spath + ["auto_increment_offset"], "only masters of a two-master pair take one")
+            continue
+        if not cfg["two_masters"]:
+            if srv.get("auto_increment_offset") is not None:
+                _fail(spath + ["auto_increment_offset"], "only masters of a two-master pair take one")
+            continue
+        offset = srv.get("auto_increment_offset") or masters.index(name) + 1
+        if not 1 <= offset <= increment:
+            _fail(spath + ["auto_increment_offset"],
+                  f"must be between 1 and auto_increment_increment ({increment}), got {offset}")
+        if offset in offsets:
+            _fail(spath + ["auto_increment_offset"],
+                  f"{offset} is also {offsets[offset]}'s: both masters would make the same keys")
+        offsets[offset] = name
+        srv["auto_increment_offset"] = offset
+        if not srv["gtid_domain_id_set"]:
+            srv["gtid_domain_id"] = masters.index(name) + 1
+        if srv["gtid_domain_id"] in domains:
+            _fail(spath + ["gtid_domain_id"],
+                  f"{srv['gtid_domain_id']} is also {domains[srv['gtid_domain_id']]}'s: each master "
+                  "needs its own GTID domain")
+        domains[srv["gtid_domain_id"]] = name
+    cfg["sources"] = sources
+
+
+def _tunnels(cfg, raw, path):  # pylint: disable=unused-argument
+    """
+    Validate ``servers:<name>:tunnels`` into ``cfg["tunnels"]``, one dict per entry.
+
+    An entry is declared on the server whose host opens the ssh connection (*near*:
+    the side that can reach the other) and names the server whose sshd it logs into
+    (*peer*). One connection carries both directions, so the tunnel serves whichever
+    of the two replicates from the other, now and after a switch:
+
+    * ``port``: 127.0.0.1:port on near's host reaches peer's database (``ssh -L``):
+      near replicating from peer goes through it (seed 000: near is the replica);
+    * ``peer_port`` (default ``port``): 127.0.0.1:peer_port on peer's host reaches
+      near's database (``ssh -R``): peer replicating from near goes through it
+      (seed 001: near is the master behind a firewall);
+    * ``seed_port`` / ``peer_seed_port`` (default ``port + 1`` / ``seed_port``): the
+      same for the seed listener (a replica being seeded listens, its master sends).
+
+    At most one tunnel joins two servers. Every port a tunnel listens on is checked
+    against the other ports of that host (minion).
+    """
+    servers = cfg["servers"]
+    tun = cfg["tunnel"]
+    for key in ("alive_interval", "alive_count", "connect_timeout"):
+        if tun[key] < 1:
+            _fail(path + ["tunnel", key], "must be at least 1")
+    for key in ("dir", "unit_dir", "autossh", "ssh"):
+        if not posixpath.isabs(tun[key]) or re.search(r"\s", tun[key]):
+            _fail(path + ["tunnel", key], f"must be an absolute path without spaces, got {tun[key]!r}")
+    if not valid_name(tun["user"]):
+        _fail(path + ["tunnel", "user"], f"invalid user name {tun['user']!r}")
+    tunnels, pairs = [], {}
+    for near, srv in sorted(servers.items()):
+        entries = srv.get("tunnels") or []
+        for i, entry in enumerate(entries):
+            tpath = path + ["servers", near, "tunnels", str(i)]
+            _check(entry, _TUNNEL_ENTRY, tpath)
+            peer = entry["peer"]
+            if peer not in servers:
+                _fail(tpath + ["peer"], f"unknown server {peer!r} (servers: {', '.join(sorted(servers))})")
+            if peer == near:
+                _fail(tpath + ["peer"], f"a tunnel from {near} to itself")
+            if servers[peer]["minion"] == srv["minion"]:
+                _fail(tpath + ["peer"], f"{near} and {peer} are on the same minion "
+                                        f"({srv['minion']}): a tunnel to itself")
+            pair = frozenset((near, peer))
+            if pair in pairs:
+                _fail(tpath + ["peer"], f"{near} and {peer} are already joined by tunnel {pairs[pair]}")
+            ports = {"port": entry["port"]}
+            ports["seed_port"] = entry.get("seed_port") or ports["port"] + 1
+            ports["peer_port"] = entry.get("peer_port") or ports["port"]
+            ports["peer_seed_port"] = entry.get("peer_seed_port") or ports["seed_port"]
+            for key, value in ports.items():
+                if not 1 <= value <= 65535:
+                    _fail(tpath + [key], f"must be a TCP port (1-65535), got {value}")
+            if ports["seed_port"] == ports["port"]:
+                _fail(tpath + ["seed_port"], "must differ from port")
+            if ports["peer_seed_port"] == ports["peer_port"]:
+                _fail(tpath + ["peer_seed_port"], "must differ from peer_port")
+            ident = f"{near}-{peer}"
+            pairs[pair] = ident
+            tunnels.append(dict(
+                ports, id=ident, near=near, peer=peer, service=f"mysqlrepl-tunnel-{ident}",
+                alive_interval=entry.get("alive_interval") or tun["alive_interval"],
+                alive_count=entry.get("alive_count") or tun["alive_count"],
+                path=tpath,
+            ))
+    ends = {t["near"] for t in tunnels} | {t["peer"] for t in tunnels}
+    for name, srv in servers.items():
+        srv["tunnel_host"] = f"{name}.{cfg['topology']}.{tun['domain']}".lower()
+        if name not in ends:
+            continue
+        if not HOSTNAME_RE.match(srv["tunnel_host"]):
+            _fail(path + ["servers", name], f"{srv['tunnel_host']!r} (the name the other end of its tunnel "
+                  "connects to) is not a DNS name: rename the server or set mysqlrepl:tunnel:domain")
+        # the name the other end connects to through the tunnel: in this server's certificate
+        if srv["tunnel_host"] not in srv["cert_names"]:
+            srv["cert_names"].append(srv["tunnel_host"])
+    _port_clashes(cfg, tunnels)
+    cfg["tunnels"] = tunnels
+    cfg["reach"] = {frm: {to: _reach(cfg, tunnels, frm, to) for to in servers if to != frm}
+                    for frm in servers}
+
+
+def _reach(cfg, tunnels, frm, to):
+    """
+    How a client on ``frm``'s host reaches ``to``: ``{"host", "port", "seed_port",
+    "tunnel"}``. Direct: ``to``'s address, its port and the seed port. Through the
+    tunnel joining them: ``to``'s tunnel name (127.0.0.1 on ``frm``'s host, in
+    ``to``'s certificate; the name TLS verifies) and the forwards' ports.
+    """
+    srv = cfg["servers"][to]
+    for t in tunnels:
+        if t["near"] == frm and t["peer"] == to:  # -L forwards on frm's host
+            return {"host": srv["tunnel_host"], "port": t["port"], "seed_port": t["seed_port"],
+                    "tunnel": t["id"]}
+        if t["peer"] == frm and t["near"] == to:  # -R forwards from to's host, on frm's
+            return {"host": srv["tunnel_host"], "port": t["peer_port"], "seed_port": t["peer_seed_port"],
+                    "tunnel": t["id"]}
+    return {"host": srv["address"], "port": srv["port"], "seed_port": cfg["seed"]["port"], "tunnel": None}
+
+
+def _on_loopback(bind):
+    """Does a listener bound to ``bind`` (``None``: every address) take 127.0.0.1's port?"""
+    return bind is None or bind in ("127.0.0.1", "0.0.0.0", "::", "*", "localhost")
+
+
+def _port_clashes(cfg, tunnels):
+    """
+    Tunnels listen on 127.0.0.1 of a host (its minion): each such port once per host,
+    and none that the host's database servers (bound to every address or to
+    127.0.0.1) or their seed listeners already take.
+    """
+    servers = cfg["servers"]
+    taken = {}
+    for name, srv in sorted(servers.items()):
+        if _on_loopback(srv.get("bind_address")) or srv["address"] == "127.0.0.1":
+            taken[(srv["minion"], srv["port"])] = f"{name}'s database port"
+        if srv["address"] == "127.0.0.1":
+            taken.setdefault((srv["minion"], cfg["seed"]["port"]), f"{name}'s seed listener")
+    for t in tunnels:
+        near, peer = servers[t["near"]]["minion"], servers[t["peer"]]["minion"]
+        for minion, key, what in ((near, "port", f"{t['peer']}'s database"),
+                                  (near, "seed_port", f"{t['peer']}'s seed listener"),
+                                  (peer, "peer_port", f"{t['near']}'s database"),
+                                  (peer, "peer_seed_port", f"{t['near']}'s seed listener")):
+            port = t[key]
+            if (minion, port) in taken:
+                _fail(t["path"] + [key], f"port {port} on 127.0.0.1 of {minion} is already "
+                                         f"{taken[(minion, port)]}")
+            taken[(minion, port)] = f"tunnel {t['id']}'s forward to {what}"
+    for t in tunnels:
+        del t["path"]
 
 
 def redact(cfg):
@@ -493,6 +750,12 @@ def desired_settings(cfg, name):
             # commit for the whole timeout (measured: 10 s), and so would a new master
             # until its replicas reconnect after a switch
             ("rpl_semi_sync_master_wait_no_slave", "OFF"),
+        ]
+    if cfg.get("two_masters") and name in cfg["masters"]:
+        # both masters take writes: their auto-increment keys interleave, never collide
+        settings += [
+            ("auto_increment_increment", str(cfg["auto_increment_increment"])),
+            ("auto_increment_offset", str(srv["auto_increment_offset"])),
         ]
     if srv.get("bind_address"):
         settings.append(("bind_address", srv["bind_address"]))

@@ -4,19 +4,28 @@ decided from facts the execution module has read. Nothing here talks to Salt or
 to a server; the module reads, calls :func:`plan`, and runs the returned
 actions in order.
 
+Who replicates from whom (:func:`source_of`): with one master (pillar
+``master``) every other server replicates from it; with a two-master pair
+(``masters: [a, b]``, seed 001) each master replicates from the other and is
+writable by design, and a replica follows its ``source``. A link goes to where
+the replica's host reaches its source: directly, or through an SSH tunnel
+(``cfg["reach"]``, worked out by ``mysqlrepl_config``).
+
 The rules, in the order :func:`plan` applies them (each is an exit, each is
 unit-tested in ``tests/unit/test_replication_plan.py``):
 
 1. While the master record shows a switch in progress, only that switch (its
    ``switch_jid``) changes a link.
 2. The live topology must be the one pillar describes: the master of record
-   replicates from nobody; a replica replicates from the master of record (or,
-   during a switch, from the old master it is being moved from). Otherwise
-   refuse and say who replicates from whom.
+   replicates from nobody (a master of a pair: from the other master); a
+   replica replicates from its source (or, during a switch, from the old master
+   it is being moved from). Otherwise refuse and say who replicates from whom.
 3. The master of record: writable at runtime. A highstate (no ``switch_jid``)
    makes it writable only when the guard passed: a fresh record still names it,
    no switch is in progress, and every other server answered that it is
-   read-only (never two writable masters).
+   read-only (never two writable masters). A master of a pair: its link from
+   the other master is made first (rule 9), then it is made writable when the
+   guard passed (every server but the two masters answered read-only).
 4. A replica that is writable and not replicating acts as a master: never
    demoted here (only the switch demotes, read-only first).
 5. A demotion (switch) is refused when the old master wrote past the position
@@ -27,6 +36,12 @@ unit-tested in ``tests/unit/test_replication_plan.py``):
 8. Otherwise the link is made to match pillar, only what differs is changed;
    enabled events are set DISABLE ON SLAVE; the password is sent (in a
    statement of its own) only when the link does not hold it yet.
+9. A master of a pair without a link (the one the other was seeded from) links
+   to the other master only once that one has replicated from it (the other's
+   ``gtid_slave_pos`` holds this master's domain); it starts at
+   :func:`pair_position`: its own domain from where the other master's binlog
+   has it (earlier would be its own transactions coming back, later is not in
+   that binlog: 1236), every other domain from its own slave position.
 
 Invariant: an exit that refuses returns no action, so nothing is half applied.
 """
@@ -34,13 +49,34 @@ Invariant: an exit that refuses returns no action, so nothing is half applied.
 VERIFIED = "TLS verified, GTID"
 
 
-def desired_link(cfg, srv):
+def source_of(cfg, name):
+    """The server ``name`` replicates from, or ``None`` (the master of a one-master topology)."""
+    if cfg.get("two_masters"):
+        return cfg["sources"][name]
+    return None if name == cfg["master"] else cfg["master"]
+
+
+def is_pair_master(cfg, name):
+    return bool(cfg.get("two_masters")) and name in cfg["masters"]
+
+
+def endpoint(cfg, frm, to):
+    """``(host, port)`` a client on ``frm``'s host connects to for ``to``'s database."""
+    reach = (cfg.get("reach") or {}).get(frm, {}).get(to)
+    if reach is None:
+        srv = cfg["servers"][to]
+        return srv["address"], srv["port"]
+    return reach["host"], reach["port"]
+
+
+def desired_link(cfg, srv, source=None):
     """The link pillar wants for replica ``srv``, in ``normalize_replica_status`` keys."""
-    master = cfg["servers"][cfg["master"]]
+    source = source or source_of(cfg, srv["name"])
+    host, port = endpoint(cfg, srv["name"], source)
     files = srv["tls_files"]
     return {
-        "host": master["address"],
-        "port": master["port"],
+        "host": host,
+        "port": port,
         "user": cfg["replication"]["user"],
         "ssl_ca": files["ca"],
         "ssl_cert": srv["replication_cert"]["cert"],
@@ -49,6 +85,28 @@ def desired_link(cfg, srv):
         "using_gtid": "Slave_Pos",
         "connect_retry": cfg["replication"]["connect_retry"],
     }
+
+
+def pair_position(own_domain, own_slave_pos, peer_binlog_pos):
+    """
+    Rule 9: where a master of a pair starts replicating from the other master.
+    Its own domain from the other's binlog position (its own transactions the
+    other has; they come back and are skipped, same server_id), the other domains
+    from its own slave position. GTID lists as MariaDB writes them.
+    """
+    def parse(text):
+        out = {}
+        for part in (text or "").replace("\n", "").split(","):
+            part = part.strip()
+            if part:
+                out[int(part.split("-")[0])] = part
+        return out
+
+    pos = {d: g for d, g in parse(own_slave_pos).items() if d != int(own_domain)}
+    peer = parse(peer_binlog_pos)
+    if int(own_domain) in peer:
+        pos[int(own_domain)] = peer[int(own_domain)]
+    return ",".join(pos[d] for d in sorted(pos))
 
 
 def link_diff(want, have):
@@ -90,30 +148,52 @@ def topology_conflict(cfg, srv, rs, repoint_from=None):
     describes, else ``None``. ``repoint_from``: a switch moves replicas of that
     (old) master.
     """
-    master = cfg["servers"][cfg["master"]]
-    if srv["name"] == cfg["master"]:
+    name = srv["name"]
+    source = source_of(cfg, name)
+    if source is None:
         if rs is not None:
-            return (f"pillar says {srv['name']} is the master, but it replicates from "
+            return (f"pillar says {name} is the master, but it replicates from "
                     f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
                     "refusing to repoint anything (fix mysqlrepl:master or the servers)")
         return None
-    if repoint_from is not None and rs is not None:
-        prev = cfg["servers"][repoint_from]
-        if (rs["host"], rs["port"]) == (prev["address"], prev["port"]):
-            return None
-    if rs is not None and (rs["host"], rs["port"]) != (master["address"], master["port"]):
-        known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
-        who = known.get((rs["host"], rs["port"]), "a server outside the topology")
-        return (f"{srv['name']} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
-                f"master is {master['name']} ({master['address']}:{master['port']}): the topology was "
-                "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
-                "switch was intended)")
-    return None
+    if rs is None:
+        return None
+    have = (rs["host"], rs["port"])
+    if repoint_from is not None and have == endpoint(cfg, name, repoint_from):
+        return None
+    want = endpoint(cfg, name, source)
+    if have == want:
+        return None
+    # every way this host may reach each server: directly, or through a tunnel
+    known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
+    known.update({endpoint(cfg, name, n): n for n in cfg["servers"] if n != name})
+    if known.get(have) == source:
+        return None  # the right server by another route (a tunnel added or removed): repointed
+    who = known.get(have, "a server outside the topology")
+    if cfg.get("two_masters"):
+        return (f"{name} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says it replicates "
+                f"from {source} ({want[0]}:{want[1]}): the topology was changed outside mysqlrepl; "
+                "refusing to repoint it (fix mysqlrepl:servers:" + name + ":source or the servers)")
+    master = cfg["servers"][source]
+    return (f"{name} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
+            f"master is {master['name']} ({want[0]}:{want[1]}): the topology was "
+            "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
+            "switch was intended)")
 
 
 def needs_master_guard(cfg, srv, read_only, switch_jid):
-    """Rule 3: must the module ask the record and the peers before making ``srv`` writable?"""
-    return srv["name"] == cfg["master"] and read_only != "OFF" and switch_jid is None
+    """
+    Rule 3: must the module ask the record and the peers before making ``srv``
+    writable? (A master of a pair: only the peers, :func:`guarded_peers`.)
+    """
+    master = srv["name"] == cfg["master"] and not cfg.get("two_masters")
+    return (master or is_pair_master(cfg, srv["name"])) and read_only != "OFF" and switch_jid is None
+
+
+def guarded_peers(cfg, name):
+    """The servers the guard asks before ``name`` is made writable: all others but its pair."""
+    skip = set(cfg["masters"]) if is_pair_master(cfg, name) else {name}
+    return sorted(n for n in cfg["servers"] if n not in skip)
 
 
 def _refuse(comment):
@@ -176,10 +256,12 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
     conflict = topology_conflict(cfg, srv, rs, repoint_from=repoint_from)
     if conflict:
         return _refuse(conflict)
-    if srv["name"] == cfg["master"]:
+    if source_of(cfg, srv["name"]) is None:
         return _master_plan(cfg, srv, facts, test, switch_jid, guard)
+    if is_pair_master(cfg, srv["name"]):
+        return _pair_plan(cfg, srv, facts, test, seeded, guard)
 
-    name, master = srv["name"], cfg["master"]
+    name, master = srv["name"], source_of(cfg, srv["name"])
     changes, actions = {}, []
     threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
     if facts["read_only"] != "ON":
@@ -189,7 +271,7 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
                            "`salt-run mysqlrepl.record` says what to do")
         changes["read_only"] = {"old": facts["read_only"], "new": "ON"}
         actions.append(("read_only", True))
-    want = desired_link(cfg, srv)
+    want = desired_link(cfg, srv, master)
     if demote and demote_at is not None and rs is None and facts.get("wrote_past"):
         return _refuse(f"{name} wrote past the switch's position {demote_at} (now "
                        f"{facts.get('gtid_binlog_pos')}): not demoted; those transactions are not on "
@@ -201,10 +283,37 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
                            f"({facts.get('gtid_binlog_pos')}): it was a master. Check it has nothing "
                            f"{master} lacks, then `salt-run mysqlrepl.rejoin server={name}`; nothing changed")
         if not facts.get("gtid_slave_pos") and not seeded and not demote:
-            return _refuse(f"{name} has never been seeded from {master}: run salt-run state.orchestrate "
-                           f"mysqlrepl.orch.setup (or salt-run mysqlrepl.seed replica={name}); nothing changed")
+            return _refuse(_never_seeded(name, master))
+    link = _link(cfg, srv, facts, want, demote=demote)
+    changes.update(link["changes"])
+    actions += link["actions"]
+    if test:
+        return {"result": None if changes else True, "changes": changes, "actions": [],
+                "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
+                            else f"replicates from {master} as pillar says")}
+    return {"result": True, "changes": changes, "actions": actions,
+            "comment": (f"replicates from {master}: " + ", ".join(sorted(changes)) + " fixed"
+                        if changes else f"replicates from {master} as pillar says")}
+
+
+def _never_seeded(name, source):
+    return (f"{name} has never been seeded from {source}: run salt-run state.orchestrate "
+            f"mysqlrepl.orch.setup (or salt-run mysqlrepl.seed replica={name}); nothing changed")
+
+
+def _link(cfg, srv, facts, want, demote=False, position=None):
+    """
+    Rule 8: the changes and actions that make the link match ``want`` (none when it
+    does and both threads run). ``position``: set ``gtid_slave_pos`` first (rule 9).
+    """
+    rs = facts.get("rs")
+    changes, actions = {}, []
+    threads_ok = rs is not None and rs["io_running"] == "Yes" and rs["sql_running"] == "Yes"
+    if rs is None:
         diff = {"link": {"old": None, "new": f"{want['host']}:{want['port']} {VERIFIED}"
                          + (" (demoted, keeps its GTIDs)" if demote else "")}}
+        if position is not None:
+            diff["gtid_slave_pos"] = {"old": facts.get("gtid_slave_pos"), "new": position}
     else:
         diff = link_diff(want, rs)
     events = facts.get("enabled_events") or []
@@ -221,12 +330,11 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
     changes.update(diff)
     if not diff and not threads_ok:
         changes["threads"] = {"old": threads_text(rs), "new": "IO Yes, SQL Yes"}
-    if test:
-        return {"result": None if changes else True, "changes": changes, "actions": [],
-                "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
-                            else f"replicates from {master} as pillar says")}
     if diff:
-        actions += [("stop",), ("change_master", {"want": want, "demote": demote and rs is None})]
+        actions.append(("stop",))
+        if rs is None and position is not None:
+            actions.append(("slave_pos", position))
+        actions.append(("change_master", {"want": want, "demote": demote and rs is None}))
         # the password in a statement of its own, only when the link lacks it: a new
         # link, a changed password, or a master.info that cannot be read (then it is
         # unknown; MySQL keeps it in a table). A repointed link keeps its password.
@@ -234,6 +342,46 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
             actions.append(("password",))
     if diff or not threads_ok:
         actions.append(("start",))
+    return {"changes": changes, "actions": actions}
+
+
+def _pair_plan(cfg, srv, facts, test, seeded, guard):
+    """
+    A master of a two-master pair: replicates from the other master (rules 2, 7,
+    8, 9) and is writable (rule 3) once that link runs and the guard passed.
+    """
+    name, peer = srv["name"], source_of(cfg, srv["name"])
+    rs = facts.get("rs")
+    want = desired_link(cfg, srv, peer)
+    position = None
+    if rs is None and not seeded:
+        if name != cfg["masters"][0] and not facts.get("gtid_slave_pos"):
+            return _refuse(_never_seeded(name, peer))
+        if not facts.get("peer_has_ours"):
+            return _refuse(f"{name} and {peer} are a two-master pair: {name} replicates from {peer} once "
+                           f"{peer} was seeded from {name} and replicates from it ({peer} has none of "
+                           f"{name}'s transactions: salt-run mysqlrepl.seed replica={peer}); nothing changed")
+        position = facts["pair_position"]
+    link = _link(cfg, srv, facts, want, position=position)
+    changes, actions = dict(link["changes"]), list(link["actions"])
+    if facts["read_only"] != "OFF":
+        if guard is None:
+            raise ValueError("a highstate making a master writable needs the guard's answers")
+        writable, unknown = guard.get("writable") or [], guard.get("unknown") or []
+        if writable:
+            return _refuse(f"{', '.join(writable)} writable: only the pair {' and '.join(cfg['masters'])} "
+                           f"takes writes; {name} stays read-only until {', '.join(writable)} is read-only")
+        if unknown:
+            return _refuse(f"{name} stays read-only: cannot tell whether a server outside the pair is "
+                           f"writable ({'; '.join(unknown)}); bring it back, or remove a server that is "
+                           "gone from mysqlrepl:servers")
+        changes["read_only"] = {"old": facts["read_only"], "new": "OFF"}
+        # after the link runs (the module stops at a link that does not)
+        actions.append(("read_only", False))
+    if test:
+        return {"result": None if changes else True, "changes": changes, "actions": [],
+                "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
+                            else f"writable, replicates from {peer} as pillar says")}
     return {"result": True, "changes": changes, "actions": actions,
-            "comment": (f"replicates from {master}: " + ", ".join(sorted(changes)) + " fixed"
-                        if changes else f"replicates from {master} as pillar says")}
+            "comment": (f"writable, replicates from {peer}: " + ", ".join(sorted(changes)) + " fixed"
+                        if changes else f"writable, replicates from {peer} as pillar says")}

@@ -213,3 +213,118 @@ def test_threads_text():
     assert rp.threads_text(None) == "no replication configured"
     rs = live_link(sql_running="No", last_sql_errno=1062, last_sql_error="Duplicate entry")
     assert rp.threads_text(rs) == "IO Yes, SQL No (1062: Duplicate entry)"
+
+
+# -- two-master pairs (seed 001) and tunnels ------------------------------------------------
+
+PAIR_CFG = conf.load(dict(copy.deepcopy(PILLAR), master=None, masters=["db1", "db2"],
+                          servers=dict(copy.deepcopy(PILLAR["servers"]),
+                                       db3={"address": "10.0.0.13", "server_id": 13, "source": "db2"})))
+P1, P2, P3 = (PAIR_CFG["servers"][n] for n in ("db1", "db2", "db3"))
+
+
+def pair_link(srv, source, **over):
+    want = rp.desired_link(PAIR_CFG, srv, source)
+    rs = dict(want, ssl_allowed="Yes", io_running="Yes", sql_running="Yes", last_io_errno=0,
+              last_io_error="", last_sql_errno=0, last_sql_error="")
+    rs.update(over)
+    return rs
+
+
+def pair_facts(**over):
+    facts = {"read_only": "OFF", "gtid_slave_pos": "", "gtid_binlog_pos": "1-11-9", "rs": None,
+             "enabled_events": [], "heartbeat": 2.0, "password_stale": False, "peer_has_ours": True,
+             "pair_position": "1-11-7"}
+    facts.update(over)
+    return facts
+
+
+OK_GUARD = {"stale": None, "writable": [], "unknown": []}
+
+
+def test_sources_in_a_pair_each_master_from_the_other_and_replicas_from_theirs():
+    assert [rp.source_of(PAIR_CFG, n) for n in ("db1", "db2", "db3")] == ["db2", "db1", "db2"]
+    assert [rp.source_of(CFG, n) for n in ("db1", "db2", "db3")] == [None, "db1", "db1"]
+    assert rp.guarded_peers(PAIR_CFG, "db1") == ["db3"] and rp.guarded_peers(CFG, "db1") == ["db2", "db3"]
+    assert rp.needs_master_guard(PAIR_CFG, P2, "ON", None) and not rp.needs_master_guard(PAIR_CFG, P3, "ON", None)
+    assert not rp.needs_master_guard(PAIR_CFG, P2, "OFF", None)
+
+
+def test_the_first_master_links_to_the_second_at_the_pair_position_then_is_writable():
+    out = rp.plan(PAIR_CFG, P1, pair_facts(read_only="ON"), guard=OK_GUARD)
+    assert out["result"] is True
+    assert kinds(out) == ["stop", "slave_pos", "change_master", "password", "start", "read_only"]
+    assert out["actions"][1] == ("slave_pos", "1-11-7") and out["actions"][-1] == ("read_only", False)
+    assert out["actions"][2][1]["want"]["host"] == "10.0.0.12"
+    assert out["changes"]["gtid_slave_pos"] == {"old": "", "new": "1-11-7"}
+    test = rp.plan(PAIR_CFG, P1, pair_facts(read_only="ON"), test=True, guard=OK_GUARD)
+    assert test["result"] is None and test["actions"] == [] and set(test["changes"]) == set(out["changes"])
+
+
+def test_the_first_master_waits_until_the_second_has_its_transactions():
+    out = rp.plan(PAIR_CFG, P1, pair_facts(peer_has_ours=False), guard=OK_GUARD)
+    assert out["result"] is False and out["actions"] == []
+    assert "salt-run mysqlrepl.seed replica=db2" in out["comment"]
+
+
+def test_the_second_master_is_seeded_first():
+    out = rp.plan(PAIR_CFG, P2, pair_facts(gtid_slave_pos="", peer_has_ours=False), guard=OK_GUARD)
+    assert out["result"] is False and out["actions"] == [] and "never been seeded from db1" in out["comment"]
+
+
+def test_a_paired_master_that_replicates_and_is_writable_has_nothing_to_do():
+    out = rp.plan(PAIR_CFG, P2, pair_facts(rs=pair_link(P2, "db1"), gtid_slave_pos="1-11-9"))
+    assert out == {"result": True, "changes": {}, "actions": [],
+                   "comment": "writable, replicates from db1 as pillar says"}
+
+
+def test_a_paired_master_is_made_writable_only_after_its_link_and_when_no_replica_is_writable():
+    facts = pair_facts(rs=pair_link(P2, "db1", sql_running="No"), read_only="ON", gtid_slave_pos="1-11-9")
+    out = rp.plan(PAIR_CFG, P2, facts, guard=OK_GUARD)
+    assert kinds(out) == ["start", "read_only"]
+    out = rp.plan(PAIR_CFG, P2, facts, guard={"writable": ["db3"], "unknown": []})
+    assert out["result"] is False and out["actions"] == [] and "db3 writable" in out["comment"]
+    out = rp.plan(PAIR_CFG, P2, facts, guard={"writable": [], "unknown": ["db3: timed out"]})
+    assert out["result"] is False and "cannot tell" in out["comment"]
+    with pytest.raises(ValueError):
+        rp.plan(PAIR_CFG, P2, facts, guard=None)
+
+
+def test_a_paired_master_replicating_from_a_replica_is_refused():
+    rs = pair_link(P2, "db1", host="10.0.0.13")
+    out = rp.plan(PAIR_CFG, P2, pair_facts(rs=rs, gtid_slave_pos="1-11-9"), guard=OK_GUARD)
+    assert out["result"] is False and out["actions"] == []
+    assert "(db3) but pillar says it replicates from db1" in out["comment"]
+
+
+def test_a_replica_of_the_second_master_links_to_it_read_only():
+    out = rp.plan(PAIR_CFG, P3, replica_facts(rs=None, gtid_slave_pos="1-11-5"))
+    assert kinds(out) == ["stop", "change_master", "password", "start"]
+    assert out["actions"][1][1]["want"]["host"] == "10.0.0.12"
+
+
+@pytest.mark.parametrize("own_slave, peer_binlog, want", [
+    ("", "1-11-7,2-12-3", "1-11-7"),               # own domain from the other's binlog only
+    ("2-12-1,5-50-9", "1-11-7,2-12-3", "1-11-7,2-12-1,5-50-9"),  # the others from its own slave pos
+    ("1-11-2", "2-12-3", ""),                      # the other has none of ours: from its start
+])
+def test_pair_position(own_slave, peer_binlog, want):
+    assert rp.pair_position(1, own_slave, peer_binlog) == want
+
+
+def test_a_replica_behind_a_tunnel_links_to_its_masters_tunnel_name():
+    cfg = conf.load(dict(copy.deepcopy(PILLAR), servers=dict(
+        copy.deepcopy(PILLAR["servers"]),
+        db3={"address": "10.0.0.13", "server_id": 13, "tunnels": [{"peer": "db1", "port": 4406}]})))
+    db3 = cfg["servers"]["db3"]
+    want = rp.desired_link(cfg, db3)
+    assert (want["host"], want["port"]) == ("db1.production.mysqlrepl.internal", 4406)
+    facts = replica_facts(rs=dict(live_link(db3), host=want["host"], port=4406))
+    assert rp.plan(cfg, db3, facts)["changes"] == {}
+    # pointed at db1 directly (the tunnel is new): the same master, repointed to the tunnel
+    out = rp.plan(cfg, db3, replica_facts(rs=dict(live_link(db3), host="10.0.0.11", port=3306)))
+    assert out["result"] is True and kinds(out) == ["stop", "change_master", "start"]
+    assert out["changes"]["host"] == {"old": "10.0.0.11", "new": "db1.production.mysqlrepl.internal"}
+    # pointed at db2 is another server: refused
+    out = rp.plan(cfg, db3, replica_facts(rs=dict(live_link(db3), host="10.0.0.12", port=3306)))
+    assert out["result"] is False and "(db2) but pillar says the master is db1" in out["comment"]
