@@ -521,7 +521,7 @@ def _roles(cfg, raw, path):
         if name in masters:
             if srv.get("source") is not None:
                 _fail(spath + ["source"], f"{name} is a master: it replicates from "
-                      + (f"the other master" if cfg["two_masters"] else "nobody"))
+                      + ("the other master" if cfg["two_masters"] else "nobody"))
             sources[name] = next((m for m in masters if m != name), None)
         else:
             if srv.get("source") is not None and not cfg["two_masters"]:
