@@ -844,7 +844,7 @@ def status(server=None, servers=None):
             dumps = _run(conn, _sql("BINLOG_DUMP_CIPHERS"))
         except CommandExecutionError:
             pass
-    return {
+    out = {
         "server": srv["name"],
         "version": list(version),
         "variables": variables,
@@ -852,6 +852,10 @@ def status(server=None, servers=None):
         "replica": replica,
         "binlog_dumps": dumps,
     }
+    cfg = _cfg()
+    if any(srv["name"] in (t["near"], t["peer"]) for t in cfg.get("tunnels") or ()):
+        out["tunnels"] = tunnel_status(srv["name"])
+    return out
 
 
 def gtid_position(server=None):
@@ -964,15 +968,31 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
         facts = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state"])
         facts["rs"] = rs = _replica_status(conn, version)
         guard = None
-        if srv["name"] == cfg["master"]:
-            if (_u("mysqlrepl_replication.needs_master_guard")(cfg, srv, facts["read_only"], switch_jid)
-                    and not _topology_conflict(cfg, srv, rs)):
-                # a highstate about to make a master writable: the record must
-                # still name it, and no other server may be writable
-                stale = _record_moved(srv["name"])
-                writable, unknown = ([], []) if stale else _peers_read_only(cfg, srv)
-                guard = {"stale": stale, "writable": writable, "unknown": unknown}
-        else:
+        rules = lambda fn: _u(f"mysqlrepl_replication.{fn}")  # noqa: E731
+        pair = rules("is_pair_master")(cfg, srv["name"])
+        if (rules("needs_master_guard")(cfg, srv, facts["read_only"], switch_jid)
+                and not _topology_conflict(cfg, srv, rs)):
+            # a highstate about to make a master writable: the record must still name
+            # it (one master), and no other server (of a pair: outside it) may be writable
+            stale = None if pair else _record_moved(srv["name"])
+            writable, unknown = ([], []) if stale else _peers_read_only(
+                cfg, srv, rules("guarded_peers")(cfg, srv["name"]))
+            guard = {"stale": stale, "writable": writable, "unknown": unknown}
+        if pair and rs is None:
+            # rule 9: has the other master replicated from this one, and from where to start
+            peer = rules("source_of")(cfg, srv["name"])
+            try:
+                if not version.is_mariadb:
+                    raise CommandExecutionError("two-master pairs need MariaDB's GTID domains")
+                peer_pos = _master_position(cfg, peer, srv, connect_timeout=5, read_timeout=10)
+            except CommandExecutionError as exc:
+                return {"result": False, "changes": {},
+                        "comment": f"cannot read {peer}'s position to link {srv['name']} to it: {exc}"}
+            domain = srv["gtid_domain_id"]
+            facts["peer_has_ours"] = any(
+                d == domain for d, _ in _u("mysqlrepl_switch.parse_gtid_list")(peer_pos))
+            facts["pair_position"] = rules("pair_position")(domain, facts.get("gtid_slave_pos"), peer_pos)
+        if srv["name"] != cfg["master"] or pair:
             parse = _u("mysqlrepl_switch.parse_gtid_list")
             own = [k for k in parse(facts.get("gtid_binlog_state")) if k[1] == srv["server_id"]]
             facts["was_master"] = bool(
@@ -1017,6 +1037,14 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                 _run(conn, _sql("SESSION_NO_GENERAL_LOG"))
                 _run(conn, _sql("change_master_password")(version, cfg["replication"]["password"],
                                                           cfg["replication"]["heartbeat_period"]))
+            elif kind == "slave_pos":
+                _run(conn, _sql("set_gtid_slave_pos")(action[1]))
+            elif kind == "await_replica":
+                if not _await_replica(conn, version, action[1], cfg["replication"]["wait_timeout"]):
+                    return {"result": False, "changes": ret["changes"],
+                            "comment": (f"{srv['name']} stays read-only: the other master (server_id "
+                                        f"{action[1]}) does not replicate from it after "
+                                        f"{cfg['replication']['wait_timeout']} s; run the highstate there")}
             elif kind == "start":
                 _run(conn, _sql("start_replica")(version))
                 ok, rs = _wait_threads(conn, version, cfg["replication"]["wait_timeout"])
@@ -1026,27 +1054,50 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
         return ret
 
 
-def _peers_read_only(cfg, srv):
+def _reach(cfg, srv, to):
+    """``(host, port)`` at which ``srv``'s host reaches server ``to``: its address, or the
+    name of ``to`` through the SSH tunnel joining them (``mysqlrepl_tunnel.reach``)."""
+    where = _u("mysqlrepl_tunnel.reach")(cfg, srv["name"], to)
+    return where["host"], where["port"]
+
+
+def _await_replica(conn, version, server_id, timeout):
+    """Wait until the server with ``server_id`` is connected as a replica of ``conn``'s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _run(conn, _sql("replica_hosts")(version))
+        if any(int({k.lower(): v for k, v in r.items()}.get("server_id") or 0) == int(server_id)
+               for r in rows):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _peers_read_only(cfg, srv, names):
     """
-    Ask every other server of the topology ``@@read_only`` (over verified TLS as
-    the replication account, with this server's certificate, as its links do;
-    reading a variable needs no privilege). Returns ``(writable, unknown)``:
-    names of servers that are writable, and ``"name: error"`` for those that
-    could not be asked (asked in parallel).
+    Ask servers ``names`` ``@@read_only`` (over verified TLS as the replication
+    account, with this server's certificate, as its links do, through a tunnel
+    where one joins them; reading a variable needs no privilege). Returns
+    ``(writable, unknown)``: names of servers that are writable, and
+    ``"name: error"`` for those that could not be asked (asked in parallel).
     """
     # loader functions fetched here: the threads below have no loader context
     connect_tls, closing, run = _u("mysqlrepl_db.connect_tls"), _u("mysqlrepl_db.closing"), _u("mysqlrepl_db.run")
     select_ro = _sql("SELECT_READ_ONLY")
 
+    where = {n: _reach(cfg, srv, n) for n in names}
+
     def ask(peer):
+        host, port = where[peer["name"]]
         conn = connect_tls(
-            peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+            host, port, cfg["replication"]["user"], cfg["replication"]["password"],
             srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
             connect_timeout=3, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
         with closing(conn):
             return int(run(conn, select_ro)[0]["ro"])
 
-    peers = {n: p for n, p in cfg["servers"].items() if n != srv["name"]}
+    peers = {n: cfg["servers"][n] for n in names}
     writable, unknown = [], []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(peers))) as pool:
         futures = {n: pool.submit(ask, p) for n, p in peers.items()}
@@ -1151,11 +1202,15 @@ def seed_send(to, server=None, port=None, timeout=None):
     """
     cfg = _cfg()
     srv = _server(server)
-    if srv["name"] != cfg["master"]:
-        raise CommandExecutionError(f"{srv['name']} is not the master of record ({cfg['master']})")
     target = _server(to, local=False)
+    source = _u("mysqlrepl_replication.source_of")(cfg, target["name"])
+    if srv["name"] != source:
+        raise CommandExecutionError(f"{target['name']} is seeded from {source}, not from {srv['name']}")
     _require_tls_files(srv, "send a seed")
-    port = int(port or cfg["seed"]["port"])
+    # the replica's seed listener, directly or through the tunnel joining the two (its
+    # certificate carries the name connected to)
+    where = _u("mysqlrepl_tunnel.reach")(cfg, srv["name"], target["name"])
+    host, port = where["host"], int(port or where["seed_port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
 
     @_bound  # called in a thread of the stream's
@@ -1164,7 +1219,7 @@ def seed_send(to, server=None, port=None, timeout=None):
 
     with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
         result = _u("mysqlrepl_stream.send_backup")(
-            target["address"], port, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
+            host, port, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
             srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
             datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
             log_copy_interval=cfg["seed"]["log_copy_interval"],
@@ -1213,7 +1268,20 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     """
     cfg = _cfg()
     srv = _server(server)
-    master = cfg["servers"][cfg["master"]]
+    source = _u("mysqlrepl_replication.source_of")(cfg, srv["name"])
+    if source is None:
+        raise CommandExecutionError(f"{srv['name']} is the master of record: it is not seeded")
+    if cfg["two_masters"] and srv["name"] == cfg["masters"][0]:
+        raise CommandExecutionError(f"{srv['name']} is the pair's first master: the others are seeded "
+                                    "from it, it is not seeded")
+    if cfg["two_masters"] and srv["name"] in cfg["masters"]:
+        conn = _connect(srv)
+        with _u("mysqlrepl_db.closing")(conn):
+            if _variables(conn, ["read_only"])["read_only"] == "OFF":
+                raise CommandExecutionError(
+                    f"{srv['name']} is a master of the pair and takes writes: seeding it would lose what "
+                    f"{source} has not received yet; nothing changed")
+    master = cfg["servers"][source]
     port = int(port or cfg["seed"]["port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
     name, files = srv["name"], srv["tls_files"]
@@ -1244,7 +1312,7 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
 
     def catch_up_with_master():
         """The master's position (over TLS as the replica's link), applied here."""
-        pos = _master_position(cfg, cfg["master"], srv, connect_timeout=10, read_timeout=30)
+        pos = _master_position(cfg, source, srv, connect_timeout=10, read_timeout=30)
         wait_for_gtid(pos, name, timeout=cfg["replication"]["wait_timeout"])
         return pos
 
@@ -1269,7 +1337,7 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     # the util calls them back from inside its own call: in this job's loader context
     ops = {key: _bound(fn) for key, fn in ops.items()}
     return _u("mysqlrepl_seed.receive")(
-        name, srv["service"], cfg["master"], _u("mysqlrepl_seed.paths")(srv["datadir"]), ops,
+        name, srv["service"], source, _u("mysqlrepl_seed.paths")(srv["datadir"]), ops,
         tls_files=(files["ca"], files["cert"], files["key"]), force=force, catch_up=catch_up)
 
 
@@ -1562,8 +1630,9 @@ def _admin_connection(cfg, srv, peer, timeout=5, read_timeout=None):
     admin = cfg["admin"]
     if not admin.get("password"):
         raise CommandExecutionError("mysqlrepl:admin:password is not set: the switch needs its admin account")
+    host, port = _reach(cfg, srv, peer["name"])
     return _u("mysqlrepl_db.connect_tls")(
-        peer["address"], peer["port"], admin["user"], admin["password"], srv["tls_files"]["ca"],
+        host, port, admin["user"], admin["password"], srv["tls_files"]["ca"],
         srv["replication_cert"]["cert"], srv["replication_cert"]["key"], connect_timeout=timeout,
         verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=read_timeout,
     )
@@ -1786,9 +1855,9 @@ def _master_position(cfg, master, via, connect_timeout=5, read_timeout=10):
     """A master's GTID position (``mysqlrepl_sql.gtid_position``), asked over verified TLS as
     the replication account with ``via``'s certificate (as its replication link connects; no
     privilege needed)."""
-    peer = cfg["servers"][master]
+    host, port = _reach(cfg, via, master)
     conn = _u("mysqlrepl_db.connect_tls")(
-        peer["address"], peer["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+        host, port, cfg["replication"]["user"], cfg["replication"]["password"],
         via["tls_files"]["ca"], via["replication_cert"]["cert"], via["replication_cert"]["key"],
         connect_timeout=connect_timeout, verify_identity=cfg["tls"]["verify_server_cert"],
         read_timeout=read_timeout)
@@ -1869,6 +1938,337 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
 
 # ---------------------------------------------------------------------------
 # which synced modules this minion runs (the orchestrations sync only on a difference)
+# ---------------------------------------------------------------------------
+# SSH tunnels (seeds 000 and 001): the logic is _utils/mysqlrepl_tunnel.py
+# ---------------------------------------------------------------------------
+
+_NOLOGIN = "/usr/sbin/nologin"
+
+
+def _tunnel_roles(cfg, server=None):
+    local = [_server(server)["name"]] if server else cfg["local_servers"]
+    return local, _u("mysqlrepl_tunnel.roles")(cfg, local)
+
+
+def _tunnel_user(cfg, test):
+    """The tunnel user (system, no password, no shell, home root-owned): ``(uid, gid, change)``."""
+    user = cfg["tunnel"]["user"]
+    home = cfg["tunnel"]["dir"]
+    info = __salt__["user.info"](user)
+    change = None
+    if not info:
+        change = f"system user {user} (shell {_NOLOGIN}, home {home})"
+        if test:
+            return None, None, change
+        if not __salt__["user.add"](user, system=True, home=home, shell=_NOLOGIN, createhome=False):
+            raise CommandExecutionError(f"cannot create the tunnel user {user}")
+        # '*' (no password can match) rather than a locked '!': sshd without PAM refuses
+        # key logins of locked accounts
+        __salt__["shadow.set_password"](user, "*")
+        info = __salt__["user.info"](user)
+    elif info.get("shell") != _NOLOGIN:
+        change = f"{user}'s shell {info.get('shell')} -> {_NOLOGIN}"
+        if not test:
+            __salt__["user.chshell"](user, _NOLOGIN)
+    return info.get("uid"), info.get("gid"), change
+
+
+def _file_facts(path, with_text=True):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return {"text": _read(path) if with_text else None, "mode": st.st_mode & 0o7777,
+            "uid": st.st_uid, "gid": st.st_gid}
+
+
+def _ensure_dir(path, mode, uid, gid, test, changes):
+    st = _file_facts(path, with_text=False)
+    if st == {"text": None, "mode": mode, "uid": uid, "gid": gid}:
+        return
+    changes[path] = "missing" if st is None else "mode or owner differs"
+    if not test:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+
+
+def tunnel_keys():
+    """
+    For the Salt mine (``mysqlrepl.tunnel_keys``): the public halves of this minion's
+    tunnel keys (servers that open a tunnel) and its sshd's host key (servers a tunnel
+    logs into), ``{server: {"client": line, "host": line}}``. Never a private key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.tunnel_keys
+    """
+    cfg = _cfg()
+    local, mine = _tunnel_roles(cfg)
+    out = {}
+    for t in mine["near"]:
+        out.setdefault(t["near"], {})["client"] = (_read(_u("mysqlrepl_tunnel.paths")(cfg, t["near"])["pub"])
+                                                   or "").strip() or None
+    for t in mine["peer"]:
+        key = (_read(cfg["servers"][t["peer"]]["sshd"]["host_key_file"]) or "").strip()
+        out.setdefault(t["peer"], {})["host"] = key or None
+    return {name: keys for name, keys in out.items() if name in local}
+
+
+def _published(cfg, servers):
+    """``{server: mine entry}`` of the tunnel keys published by the minions of ``servers``."""
+    out = {}
+    for name in servers:
+        minion = cfg["servers"][name]["minion"]
+        data = (__salt__["mine.get"](minion, "mysqlrepl.tunnel_keys") or {}).get(minion) or {}
+        out[name] = data.get(name) or {}
+    return out
+
+
+def tunnel_key_apply(server=None, test=False):
+    """
+    The first half of this minion's tunnels: on a server that opens a tunnel, the tunnel
+    user and an ed25519 key made here (0600, owned by that user, never sent anywhere);
+    its public half, and on a server a tunnel logs into its sshd's host key, published
+    to the mine (``mysqlrepl.tunnel_keys``). Returns the changes (``test=True``: what
+    would change).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db3*' mysqlrepl.tunnel_key_apply
+    """
+    cfg = _cfg()
+    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
+    local, mine = _tunnel_roles(cfg, server)
+    changes = {}
+    nears = sorted({t["near"] for t in mine["near"]})
+    if nears:
+        uid, gid, change = _tunnel_user(cfg, test)
+        if change:
+            changes["user"] = change
+        if uid is not None:
+            _ensure_dir(cfg["tunnel"]["dir"], 0o755, 0, 0, test, changes)
+        for name in nears:
+            paths = tun("paths")(cfg, name)
+            comment = tun("key_comment")(cfg, name)
+            if uid is not None:
+                _ensure_dir(paths["dir"], 0o750, 0, gid, test, changes)
+            have = _file_facts(paths["key"])
+            public = tun("public_line")(have["text"], comment) if have else None
+            if public is None:
+                changes[paths["key"]] = "created (ed25519, 0600)" if have is None else "not an ed25519 key: replaced"
+                if not test:
+                    _write_file(paths["key"], tun("new_key")(), mode=0o600, uid=uid, gid=gid)
+                    public = tun("public_line")(_read(paths["key"]), comment)
+            elif (have["mode"], have["uid"]) != (0o600, uid):
+                changes[paths["key"]] = f"mode {have['mode']:04o} owner {have['uid']}: fixed to 0600 {uid}"
+                if not test:
+                    os.chown(paths["key"], uid, gid)
+                    os.chmod(paths["key"], 0o600)
+            if public is not None and _read(paths["pub"]) != public + "\n":
+                changes.setdefault(paths["pub"], "written")
+                if not test:
+                    _write_file(paths["pub"], public + "\n", mode=0o644, uid=0, gid=0)
+    for t in mine["peer"]:
+        path = cfg["servers"][t["peer"]]["sshd"]["host_key_file"]
+        if not _read(path):
+            raise CommandExecutionError(
+                f"{t['peer']}: no sshd host key at {path} (sshd:host_key_file): tunnel {t['id']} logs into "
+                "this host's sshd; install openssh-server or point sshd:host_key_file at its public key")
+    if not test and (mine["near"] or mine["peer"]):
+        published = (__salt__["mine.get"](__opts__["id"], "mysqlrepl.tunnel_keys") or {}).get(__opts__["id"]) or {}
+        ours = tunnel_keys()
+        if any(published.get(n) != ours.get(n) for n in ours):
+            __salt__["mine.send"]("mysqlrepl.tunnel_keys")
+            changes["published"] = "mine mysqlrepl.tunnel_keys"
+    return changes
+
+
+def _forward_answers(port, timeout):
+    """Does 127.0.0.1:``port`` accept a TCP connection within ``timeout`` s? (the forward)"""
+    import socket  # pylint: disable=import-outside-toplevel
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", int(port)), timeout=1):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def tunnel_apply(server=None, test=False, side="both", wait=True):
+    """
+    Make this minion's tunnels match pillar (``_utils/mysqlrepl_tunnel.py`` renders every
+    file). ``side="peer"``: what the far side of a tunnel needs (the tunnel user and its
+    authorized_keys, forwarding only to and from the tunnel's ports); ``"near"``: what
+    the side that opens it needs (known_hosts with the far sshd's pinned host key, the
+    autossh unit, the service enabled and running, and, with ``wait``, its forward
+    answering); ``"both"``. Both sides: hosts-file lines for the other ends' tunnel
+    names. Returns ``{"result", "changes", "comment"}``; ``test=True`` changes nothing and
+    lists what differs. Fails while a key it needs is not in the mine yet.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.tunnel_apply test=True
+    """
+    if side not in ("peer", "near", "both"):
+        raise SaltInvocationError(f"side must be peer, near or both, got {side!r}")
+    cfg = _cfg()
+    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
+    local, mine = _tunnel_roles(cfg, server)
+    changes, waiting, notes = {}, [], []
+    if not mine["near"] and not mine["peer"]:
+        return {"result": True, "changes": {}, "comment": "no tunnel"}
+    uid, gid, change = _tunnel_user(cfg, test)
+    if change:
+        changes["user"] = change
+    want = {}
+    if side in ("peer", "both") and mine["peer"]:
+        home = cfg["tunnel"]["dir"]
+        by_file = {}
+        for name in sorted({t["peer"] for t in mine["peer"]}):
+            path = tun("authorized_keys_file")(cfg["servers"][name], home)
+            by_file.setdefault(path, []).append(name)
+        nears = sorted({t["near"] for t in mine["peer"]})
+        keys = {n: entry.get("client") for n, entry in _published(cfg, nears).items()}
+        for path, peers in by_file.items():
+            text, missing = tun("authorized_keys")(cfg, peers, keys)
+            waiting += [f"the tunnel key of {n} (apply mysqlrepl.tunnel on {cfg['servers'][n]['minion']})"
+                        for n in missing]
+            if uid is not None:
+                _ensure_dir(os.path.dirname(path), 0o755, 0, 0, test, changes)
+            want[path] = {"text": text, "mode": 0o644, "uid": 0, "gid": 0}
+    units = {}
+    if side in ("near", "both") and mine["near"]:
+        for near in sorted({t["near"] for t in mine["near"]}):
+            peers = sorted({t["peer"] for t in mine["near"] if t["near"] == near})
+            host_keys = {n: entry.get("host") for n, entry in _published(cfg, peers).items()}
+            text, missing = tun("known_hosts")(cfg, near, host_keys)
+            waiting += [f"the sshd host key of {n} (apply mysqlrepl.tunnel on {cfg['servers'][n]['minion']})"
+                        for n in missing]
+            paths = tun("paths")(cfg, near)
+            if not os.path.exists(paths["key"]):
+                waiting.append(f"{near}'s tunnel key ({paths['key']}: apply mysqlrepl.tunnel_key_apply)")
+            want[paths["known_hosts"]] = {"text": text, "mode": 0o644, "uid": 0, "gid": 0}
+        for t in mine["near"]:
+            path = os.path.join(cfg["tunnel"]["unit_dir"], f"{t['service']}.service")
+            want[path] = {"text": tun("unit")(cfg, t), "mode": 0o644, "uid": 0, "gid": 0}
+            units[t["service"]] = path
+    have = {path: _file_facts(path) for path in want}
+    differs = tun("file_changes")(want, have)
+    changes.update(differs)
+    hosts = [] if side == "peer" else tun("hosts_entries")(cfg, local)
+    for name in hosts:
+        if not __salt__["hosts.has_pair"]("127.0.0.1", name):
+            changes[f"hosts {name}"] = "127.0.0.1"
+    services = {}
+    for service, path in units.items():
+        running, enabled = __salt__["service.status"](service), __salt__["service.enabled"](service)
+        if path in differs and running:
+            services[service] = "restart"
+        elif not running:
+            services[service] = "start"
+        if not enabled:
+            changes[f"service {service}"] = "enabled" + (f", {services[service]}ed" if service in services else "")
+        elif service in services:
+            changes[f"service {service}"] = f"{services[service]}ed" if services[service] == "restart" else "started"
+    if waiting:
+        return {"result": False, "changes": {} if not test else changes,
+                "comment": "waiting for: " + "; ".join(waiting)}
+    if test:
+        return {"result": None if changes else True, "changes": changes,
+                "comment": f"would change {len(changes)} item(s)" if changes else "tunnels as pillar says"}
+    for path in differs:
+        w = want[path]
+        _write_file(path, w["text"], mode=w["mode"], uid=w["uid"], gid=w["gid"])
+    for name in hosts:
+        if not __salt__["hosts.has_pair"]("127.0.0.1", name):
+            __salt__["hosts.add_host"]("127.0.0.1", name)
+    for service, path in units.items():
+        if not __salt__["service.enabled"](service):
+            __salt__["service.enable"](service)
+        if services.get(service) == "restart":
+            ok = __salt__["service.restart"](service)
+        elif services.get(service) == "start":
+            ok = __salt__["service.start"](service)
+        else:
+            continue
+        if not ok:
+            return {"result": False, "changes": changes, "comment": f"service {service} did not start"}
+    if wait and side != "peer":
+        for t in mine["near"]:
+            if not _forward_answers(t["port"], cfg["tunnel"]["connect_timeout"] * 3):
+                return {"result": False, "changes": changes,
+                        "comment": (f"tunnel {t['id']} is not up: 127.0.0.1:{t['port']} does not answer "
+                                    f"(service {t['service']}; check {t['peer']}'s sshd at "
+                                    f"{cfg['servers'][t['peer']]['sshd']['host']}:"
+                                    f"{cfg['servers'][t['peer']]['sshd']['port']} and its log)")}
+            notes.append(f"{t['id']} up")
+    return {"result": True, "changes": changes,
+            "comment": (", ".join(notes) or "tunnels as pillar says") if not changes
+            else f"{len(changes)} item(s) changed" + (f"; {', '.join(notes)}" if notes else "")}
+
+
+def _processes():
+    """Every process as ``{"pid", "ppid", "argv", "started"}`` (``started``: epoch seconds)."""
+    out = []
+    try:
+        boot = next(float(line.split()[1]) for line in open("/proc/stat", encoding="utf-8")  # noqa: SIM115
+                    if line.startswith("btime"))
+    except (OSError, StopIteration):
+        boot = 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        out.append({"pid": int(entry), "ppid": int(fields[1]), "argv": argv,
+                    "started": round(boot + int(fields[19]) / hz, 1)})
+    return out
+
+
+def tunnel_status(server=None):
+    """
+    This minion's tunnels: for each, up or down, whether the forward to the other end's
+    database (and seed listener) answers, and on the side that opens it the autossh and
+    ssh PIDs and the last (re)start of ssh (epoch seconds). Also part of ``status``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.tunnel_status
+    """
+    cfg = _cfg()
+    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
+    local, mine = _tunnel_roles(cfg, server)
+    procs = _processes() if mine["near"] else []
+    out = []
+    for t in mine["near"] + mine["peer"]:
+        name = t["near"] if t in mine["near"] else t["peer"]
+        near_side = name == t["near"]
+        ports = (t["port"], t["seed_port"]) if near_side else (t["peer_port"], t["peer_seed_port"])
+        answers = {p: _forward_answers(p, 0) for p in ports}
+        found = tun("find_processes")(procs, cfg, t) if near_side else {}
+        out.append(tun("state")(cfg, t, name, found, answers))
+    return out
+
+
 # ---------------------------------------------------------------------------
 
 def formula_hashes(forms=("modules", "states", "utils")):

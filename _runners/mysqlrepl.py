@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -307,14 +308,28 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
         return _fail(ret, str(exc))
 
 
+def _pair_refusal(cfg, what):
+    """Why ``what`` (switch, record_set, rejoin) does not apply to a two-master pair."""
+    a, b = cfg["masters"]
+    return (f"topology {cfg['topology']} is a two-master pair ({a} and {b} both take writes): there is no "
+            f"single master to {what}. To take {a} out of service, point its apps at {b} and stop writing "
+            f"to {a}; to run one master again, replace mysqlrepl:masters with mysqlrepl:master: {b} "
+            f"(and make {a} read-only), then run the highstate. Nothing changed")
+
+
 def _seed(cfg, replica, force, timeout, ret):
-    master = cfg["servers"][cfg["master"]]
+    source_of = functools.partial(__utils__["mysqlrepl_replication.source_of"], cfg)
     timeout = int(timeout or cfg["seed"]["timeout"])
     if replica is not None and replica not in cfg["servers"]:
         return _fail(ret, f"unknown server {replica!r}")
-    if replica == cfg["master"]:
-        return _fail(ret, f"{replica} is the master of record")
-    names = [replica] if replica else sorted(n for n in cfg["servers"] if n != cfg["master"])
+    # where the data comes from: the master (of a pair: the first master) is never seeded
+    origin = cfg["masters"][0]
+    if replica == origin:
+        return _fail(ret, f"{replica} is the master of record" if not cfg["two_masters"]
+                     else f"{replica} is the pair's first master: the others are seeded from it")
+    # a pair's second master first: its replicas are seeded from it
+    names = [replica] if replica else sorted((n for n in cfg["servers"] if n != origin),
+                                             key=lambda n: (n not in cfg["masters"], n))
     todo = []
     for name in names:
         srv = cfg["servers"][name]
@@ -334,6 +349,7 @@ def _seed(cfg, replica, force, timeout, ret):
         todo.append(name)
     for name in todo:
         srv = cfg["servers"][name]
+        master = cfg["servers"][source_of(name)]
         started = time.monotonic()
         _progress(f"seeding {name} from {master['name']}", tag=f"seed/{name}/start",
                   replica=name, master=master["name"])
@@ -574,6 +590,8 @@ def record_set(master, topology=None, clear=False):  # pylint: disable=redefined
     """
     try:
         cfg = _topology(topology)
+        if cfg.get("two_masters"):
+            raise SaltInvocationError(_pair_refusal(cfg, "record_set"))
         if master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {master!r}")
         with _topology_lock(cfg["topology"], "record_set"):
@@ -795,6 +813,8 @@ def switch(new_master, topology=None, dry_run=False, hold_after=None, hold_s=5, 
             raise error
         if new_master not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {new_master!r} (servers: {', '.join(sorted(cfg['servers']))})")
+        if cfg.get("two_masters"):
+            raise SaltInvocationError(_pair_refusal(cfg, "switch"))
         old = cfg["master"]
         if new_master == old:
             raise SaltInvocationError(f"{new_master} is already the master of record")
@@ -1085,6 +1105,8 @@ def rejoin(server, topology=None):  # pylint: disable=redefined-outer-name
     """
     try:
         cfg = _topology(topology)
+        if cfg.get("two_masters"):
+            raise SaltInvocationError(_pair_refusal(cfg, "rejoin"))
         if server not in cfg["servers"] or server == cfg["master"]:
             raise SaltInvocationError(f"{server!r} is not a replica of the topology")
         with _topology_lock(cfg["topology"], f"rejoin {server}"):

@@ -248,3 +248,34 @@ def replication_running(name="local"):
         return res["result"], res["changes"], res["comment"]
 
     return _each(name, apply)
+
+
+def tunnel_keys_ready(name="local"):
+    """
+    On a server that opens an SSH tunnel (``servers:<name>:tunnels``): the tunnel user
+    and an ed25519 key made on this minion (0600, never sent anywhere), its public
+    half published to the mine; on a server a tunnel logs into: its sshd's host key
+    published. Nothing for servers without tunnels.
+    """
+    def apply(server):
+        changes = __salt__["mysqlrepl.tunnel_key_apply"](server, test=__opts__["test"])
+        if __opts__["test"]:
+            return (None, changes, "tunnel key would change") if changes else (True, {}, "tunnel key in place")
+        return True, changes, "tunnel key updated" if changes else "tunnel key in place"
+
+    return _each(name, apply)
+
+
+def tunnels_ready(name="local", side="both", wait=True):
+    """
+    The server's SSH tunnels as pillar says. ``side: peer``: the far side only (tunnel
+    user, ``authorized_keys`` lines that allow forwarding to and from the tunnel's ports
+    and nothing else); ``near``: the side that opens them (pinned known_hosts, the
+    autossh service unit, enabled and running, its forward answering); ``both``.
+    Waits (fails, saying for what) while a key it needs is not in the mine.
+    """
+    def apply(server):
+        res = __salt__["mysqlrepl.tunnel_apply"](server, test=__opts__["test"], side=side, wait=wait)
+        return res["result"], res["changes"], res["comment"]
+
+    return _each(name, apply)

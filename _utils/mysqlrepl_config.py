@@ -548,7 +548,9 @@ def _roles(cfg, raw, path):
         offsets[offset] = name
         srv["auto_increment_offset"] = offset
         if not srv["gtid_domain_id_set"]:
-            srv["gtid_domain_id"] = masters.index(name) + 1
+            # the first master keeps the one-master default (0): a topology turned into a
+            # pair keeps its history in its domain; the second writes in domain 1
+            srv["gtid_domain_id"] = masters.index(name)
         if srv["gtid_domain_id"] in domains:
             _fail(spath + ["gtid_domain_id"],
                   f"{srv['gtid_domain_id']} is also {domains[srv['gtid_domain_id']]}'s: each master "

@@ -245,9 +245,11 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
 
     Returns ``{"result", "changes", "comment", "actions"}``; ``actions`` in order:
     ``("read_only", bool)``, ``("disable_events", [events])``, ``("stop",)``,
-    ``("change_master", {"want": link, "demote": bool})``, ``("password",)``,
-    ``("start",)``. After ``start`` the module waits for healthy threads and
-    fails with :func:`threads_text` if they do not run.
+    ``("slave_pos", gtid)``, ``("change_master", {"want": link, "demote": bool})``,
+    ``("password",)``, ``("start",)``, ``("await_replica", server_id)``. After
+    ``start`` the module waits for healthy threads and fails with
+    :func:`threads_text` if they do not run; ``await_replica`` waits until that
+    server replicates from this one (fails after ``wait_timeout``).
     """
     refusal = switching_refusal(cfg.get("switching"), switch_jid)
     if refusal:
@@ -376,8 +378,10 @@ def _pair_plan(cfg, srv, facts, test, seeded, guard):
                            f"writable ({'; '.join(unknown)}); bring it back, or remove a server that is "
                            "gone from mysqlrepl:servers")
         changes["read_only"] = {"old": facts["read_only"], "new": "OFF"}
-        # after the link runs (the module stops at a link that does not)
-        actions.append(("read_only", False))
+        # after the link runs (the module stops at a link that does not), and once the other
+        # master replicates from this one: no transaction of this master's domain is written
+        # before the other one reads its binlog (rule 9 starts it there)
+        actions += [("await_replica", cfg["servers"][peer]["server_id"]), ("read_only", False)]
     if test:
         return {"result": None if changes else True, "changes": changes, "actions": [],
                 "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes

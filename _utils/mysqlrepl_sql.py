@@ -181,6 +181,14 @@ def restart_io_thread(version):
     return [(f"STOP {noun} IO_THREAD", None), (f"START {noun} IO_THREAD", None)]
 
 
+def replica_hosts(version):
+    """The replicas connected to this server (their ``Server_id``): a two-master pair's
+    master is made writable only once the other one replicates from it."""
+    if version.is_mariadb or version.number < (8, 0, 22):
+        return ("SHOW SLAVE HOSTS", None)
+    return ("SHOW REPLICAS", None)
+
+
 def stop_replica(version):
     if version.is_mariadb or version.number < (8, 0, 22):
         return ("STOP SLAVE", None)

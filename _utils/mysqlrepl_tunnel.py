@@ -40,6 +40,9 @@ a fixed alias (``HostKeyAlias``); ``StrictHostKeyChecking=yes``.
 
 import re
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 LOOPBACK = "127.0.0.1"
 KEY_NAME = "id_ed25519"
 # what a public key line looks like (type, base64, optional comment)
@@ -329,3 +332,59 @@ def state(cfg, t, server, found, answers):
     else:
         out["up"] = out["forward_answers"]
     return out
+
+
+# ---------------------------------------------------------------------------
+# keys and files
+# ---------------------------------------------------------------------------
+
+def new_key():
+    """A new ed25519 private key in OpenSSH's format (text)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption()).decode()
+
+
+def public_line(private_text, comment):
+    """The ``ssh-ed25519 AAAA... comment`` line of an OpenSSH private key, or ``None`` when
+    the text is not an unencrypted ed25519 key."""
+    try:
+        key = serialization.load_ssh_private_key(private_text.encode(), password=None)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{pub.decode()} {comment}"
+
+
+def file_changes(want, have):
+    """
+    ``want``: ``{path: {"text", "mode", "uid", "gid"}}``; ``have``: the same read from
+    disk (``None``: missing; ``text`` ``None``: not read, e.g. a private key). Returns
+    ``{path: what differs}`` ("missing", "content differs", "mode 0644, want 0600", "owner").
+    """
+    out = {}
+    for path, w in sorted(want.items()):
+        h = have.get(path)
+        if h is None:
+            out[path] = "missing"
+            continue
+        why = []
+        if w.get("text") is not None and h.get("text") != w["text"]:
+            why.append("content differs")
+        if h.get("mode") != w["mode"]:
+            why.append(f"mode {h.get('mode'):04o}, want {w['mode']:04o}" if h.get("mode") is not None
+                       else f"want mode {w['mode']:04o}")
+        if (h.get("uid"), h.get("gid")) != (w["uid"], w["gid"]):
+            why.append(f"owner {h.get('uid')}:{h.get('gid')}, want {w['uid']}:{w['gid']}")
+        if why:
+            out[path] = ", ".join(why)
+    return out
+
+
+def roles(cfg, local_servers):
+    """``{"near": [tunnels whose near end is local], "peer": [... peer end ...]}``."""
+    tunnels = cfg.get("tunnels") or []
+    return {"near": [t for t in tunnels if t["near"] in local_servers],
+            "peer": [t for t in tunnels if t["peer"] in local_servers]}

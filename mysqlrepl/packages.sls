@@ -3,9 +3,11 @@
 ---
 {%- from tpldir ~ "/map.jinja" import mysqlrepl with context %}
 {%- if mysqlrepl.manage_packages %}
+{%- set servers = salt['pillar.get']('mysqlrepl:servers', {}) %}
+{%- set tunnels = servers.values() | selectattr('tunnels', 'defined') | list %}
 mysqlrepl-packages:
   pkg.installed:
-    - pkgs: {{ mysqlrepl.pkgs | json }}
+    - pkgs: {{ (mysqlrepl.pkgs + (mysqlrepl.tunnel_pkgs if tunnels else [])) | json }}
     - require_in:
       - mysqlrepl: mysqlrepl-preflight
 {%- endif %}

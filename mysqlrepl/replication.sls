@@ -5,9 +5,11 @@
 # replicas read-only and replicating over verified TLS.
 include:
   - mysqlrepl.server
+  - mysqlrepl.tunnel
 
 mysqlrepl-replication:
   mysqlrepl.replication_running:
     - name: local
     - require:
       - mysqlrepl: mysqlrepl-users
+      - mysqlrepl: mysqlrepl-tunnels

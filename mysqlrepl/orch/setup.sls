@@ -3,7 +3,7 @@
 ---
 # Bring up a new topology in the one order that works across minions:
 #   sync (only what differs: mysqlrepl/orch/sync.jinja) -> preflight everywhere -> CA + keys/CSRs -> signing -> certificates,
-#   server settings, accounts -> seed replicas -> converge and verify.
+#   server settings, accounts -> SSH tunnels (far sides, then near sides) -> seed replicas -> converge and verify.
 #
 #   salt-run state.orchestrate mysqlrepl.orch.setup
 #   salt-run state.orchestrate mysqlrepl.orch.setup pillar='{"mysqlrepl_orch": {"topology": "staging"}}'
@@ -55,6 +55,26 @@ mysqlrepl-servers:
     - require:
       - salt: mysqlrepl-sign
 
+# SSH tunnels: every far side first, then the sides that open them (their seeds and
+# replication go through them)
+mysqlrepl-tunnel-access:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.tunnel_access
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-servers
+
+mysqlrepl-tunnels:
+  salt.state:
+    - tgt: {{ tgt | json }}
+    - tgt_type: compound
+    - sls: mysqlrepl.tunnel
+    - failhard: true
+    - require:
+      - salt: mysqlrepl-tunnel-access
+
 mysqlrepl-seed:
   salt.runner:
     - name: mysqlrepl.seed
@@ -63,7 +83,7 @@ mysqlrepl-seed:
 {%- endif %}
     - failhard: true
     - require:
-      - salt: mysqlrepl-servers
+      - salt: mysqlrepl-tunnels
 
 mysqlrepl-converge:
   salt.state:

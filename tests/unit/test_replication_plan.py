@@ -253,7 +253,9 @@ def test_sources_in_a_pair_each_master_from_the_other_and_replicas_from_theirs()
 def test_the_first_master_links_to_the_second_at_the_pair_position_then_is_writable():
     out = rp.plan(PAIR_CFG, P1, pair_facts(read_only="ON"), guard=OK_GUARD)
     assert out["result"] is True
-    assert kinds(out) == ["stop", "slave_pos", "change_master", "password", "start", "read_only"]
+    assert kinds(out) == ["stop", "slave_pos", "change_master", "password", "start", "await_replica",
+                          "read_only"]
+    assert out["actions"][-2] == ("await_replica", 12)
     assert out["actions"][1] == ("slave_pos", "1-11-7") and out["actions"][-1] == ("read_only", False)
     assert out["actions"][2][1]["want"]["host"] == "10.0.0.12"
     assert out["changes"]["gtid_slave_pos"] == {"old": "", "new": "1-11-7"}
@@ -281,7 +283,7 @@ def test_a_paired_master_that_replicates_and_is_writable_has_nothing_to_do():
 def test_a_paired_master_is_made_writable_only_after_its_link_and_when_no_replica_is_writable():
     facts = pair_facts(rs=pair_link(P2, "db1", sql_running="No"), read_only="ON", gtid_slave_pos="1-11-9")
     out = rp.plan(PAIR_CFG, P2, facts, guard=OK_GUARD)
-    assert kinds(out) == ["start", "read_only"]
+    assert kinds(out) == ["start", "await_replica", "read_only"]
     out = rp.plan(PAIR_CFG, P2, facts, guard={"writable": ["db3"], "unknown": []})
     assert out["result"] is False and out["actions"] == [] and "db3 writable" in out["comment"]
     out = rp.plan(PAIR_CFG, P2, facts, guard={"writable": [], "unknown": ["db3: timed out"]})

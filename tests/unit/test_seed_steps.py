@@ -528,6 +528,8 @@ def module(tmp_path, monkeypatch):
 
     import _utils.mysqlrepl_config as conf  # pylint: disable=import-outside-toplevel
     import _utils.mysqlrepl_sql as sql  # pylint: disable=import-outside-toplevel
+    import _utils.mysqlrepl_replication as replication  # pylint: disable=import-outside-toplevel
+    import _utils.mysqlrepl_tunnel as tunnel  # pylint: disable=import-outside-toplevel
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("mysqlrepl_module", repo / "_modules" / "mysqlrepl.py")
@@ -558,6 +560,9 @@ def module(tmp_path, monkeypatch):
 
     utils = {f"mysqlrepl_seed.{n}": f for n, f in inspect.getmembers(seed, inspect.isfunction)}
     utils.update({f"mysqlrepl_sql.{n}": f for n, f in inspect.getmembers(sql, inspect.isfunction)})
+    for util in (replication, tunnel):
+        utils.update({f"{util.__name__.rsplit('.', 1)[-1]}.{n}": f
+                      for n, f in inspect.getmembers(util, inspect.isfunction)})
     utils.update({
         "mysqlrepl_db.closing": contextlib.closing,
         "mysqlrepl_stream.receive_backup": receive_backup,

@@ -133,7 +133,7 @@ def test_a_pair_gets_offsets_domains_and_sources():
     assert cfg["sources"] == {"db1": "db2", "db2": "db1", "db3": "db1"}
     s = cfg["servers"]
     assert (s["db1"]["auto_increment_offset"], s["db2"]["auto_increment_offset"]) == (1, 2)
-    assert (s["db1"]["gtid_domain_id"], s["db2"]["gtid_domain_id"]) == (1, 2)
+    assert (s["db1"]["gtid_domain_id"], s["db2"]["gtid_domain_id"]) == (0, 1)
     settings = dict(conf.desired_settings(cfg, "db2"))
     assert settings["auto_increment_increment"] == "2" and settings["auto_increment_offset"] == "2"
     assert "auto_increment_offset" not in dict(conf.desired_settings(cfg, "db3"))
@@ -174,7 +174,7 @@ def test_domains_set_by_hand_are_kept_and_a_pair_with_increment_10_like_seed_001
     cfg = load(auto_increment_increment=10, servers__db1__gtid_domain_id=7,
                servers__db2__auto_increment_offset=5, **PAIR)
     s = cfg["servers"]
-    assert (s["db1"]["gtid_domain_id"], s["db2"]["gtid_domain_id"]) == (7, 2)
+    assert (s["db1"]["gtid_domain_id"], s["db2"]["gtid_domain_id"]) == (7, 1)
     assert (s["db1"]["auto_increment_offset"], s["db2"]["auto_increment_offset"]) == (1, 5)
 
 

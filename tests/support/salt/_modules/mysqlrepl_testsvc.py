@@ -31,6 +31,14 @@ once the unix ``socket`` accepts connections (60 s timeout); ``stop`` sends
 SIGTERM to the pid in ``pidfile`` and waits for the exit (60 s), then fails:
 it never falls back to SIGKILL.
 
+A systemd unit the formula writes (its SSH tunnels: ``mysqlrepl:tunnel:unit_dir``
+set to ``mysqlrepl_testsvc_unit_dir``) is a service too when no JSON file names
+it: ``<mysqlrepl_testsvc_unit_dir>/<name>.service``'s ``ExecStart=``,
+``Environment=`` and ``User=`` lines are run the same way (``env`` and
+``setpriv`` exec into the command, so the pid stays the command's); its pid is
+kept in ``<mysqlrepl_testsvc_dir>/<name>.pid``. With no socket, ``start``
+returns once the process has run for half a second.
+
 The file is also plain Python: the test harness imports it by path and uses
 :class:`Service` directly (``tests/support/mariadb.py``).
 """
@@ -140,7 +148,8 @@ def _tail(path, lines=20):
 class Service:
     """One test service: a foreground server with a pid file and a unix socket."""
 
-    def __init__(self, name, argv, pidfile, socket, log=None):  # pylint: disable=redefined-outer-name
+    def __init__(self, name, argv, pidfile, socket, log=None, env=None, user=None,
+                 write_pidfile=False):  # pylint: disable=redefined-outer-name
         if not _NAME_RE.match(name or ""):
             raise ValueError(f"invalid service name {name!r}")
         if not argv or not os.path.isabs(argv[0]):
@@ -148,8 +157,33 @@ class Service:
         self.name = name
         self.argv = [str(a) for a in argv]
         self.pidfile = str(pidfile)
-        self.socket = str(socket)
+        self.socket = str(socket) if socket else None
         self.log = str(log) if log else os.devnull
+        self.env = dict(env or {})
+        self.user = user
+        self.write_pidfile = write_pidfile
+
+    @classmethod
+    def from_unit(cls, unit_path, svc_dir):
+        """A service from a systemd unit's ``ExecStart=``, ``Environment=`` and ``User=``."""
+        argv, env, user = None, {}, None
+        with open(unit_path, encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.strip().partition("=")
+                if not sep:
+                    continue
+                if key == "ExecStart":
+                    argv = value.split()
+                elif key == "Environment":
+                    k, _, v = value.partition("=")
+                    env[k] = v
+                elif key == "User":
+                    user = value
+        if not argv:
+            raise ValueError(f"{unit_path}: no ExecStart=")
+        name = os.path.basename(unit_path)[: -len(".service")]
+        return cls(name, argv, os.path.join(str(svc_dir), f"{name}.pid"), None,
+                   os.path.join(str(svc_dir), f"{name}.log"), env=env, user=user, write_pidfile=True)
 
     def __repr__(self):
         return f"Service({self.name!r}, pidfile={self.pidfile!r})"
@@ -239,6 +273,11 @@ class Service:
                     f"service {self.name}: {self.argv[0]} (pid {pid}) exited during "
                     f"startup; last lines of {self.log}:\n{_tail(self.log)}"
                 )
+            if self.socket is None:
+                time.sleep(0.5)
+                if _alive(pid):
+                    return pid
+                continue
             if _socket_accepts(self.socket):
                 return pid
             if time.monotonic() > deadline:
@@ -250,7 +289,13 @@ class Service:
             time.sleep(0.05)
 
     def _spawn(self):
-        cmd = ["/bin/sh", "-c", _LAUNCHER, "sh", self.log, *self.argv]
+        prefix = []
+        if self.env:
+            prefix += ["/usr/bin/env"] + [f"{k}={v}" for k, v in sorted(self.env.items())]
+        if self.user:
+            prefix += ["/usr/bin/setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+                       "--"]
+        cmd = ["/bin/sh", "-c", _LAUNCHER, "sh", self.log, *prefix, *self.argv]
         proc = subprocess.run(  # the shell exits at once; the server is its orphan
             cmd,
             stdin=subprocess.DEVNULL,
@@ -267,6 +312,9 @@ class Service:
                 f"service {self.name}: launcher failed (rc={proc.returncode}): "
                 f"{out} {proc.stderr.decode('utf-8', 'replace').strip()}"
             )
+        if self.write_pidfile:
+            with open(self.pidfile, "w", encoding="utf-8") as fh:
+                fh.write(out + "\n")
         return int(out)
 
     def stop(self, timeout=DEFAULT_TIMEOUT):
@@ -334,8 +382,19 @@ def _json_path(name):
     return os.path.join(_svc_dir(), f"{name}.json")
 
 
+def _unit_path(name):
+    unit_dir = __opts__.get("mysqlrepl_testsvc_unit_dir")  # pylint: disable=undefined-variable
+    return os.path.join(unit_dir, f"{name}.service") if unit_dir else None
+
+
 def _service(name):
     path = _json_path(name)
+    unit = _unit_path(name)
+    if not os.path.isfile(path) and unit and os.path.isfile(unit):
+        try:
+            return Service.from_unit(unit, _svc_dir())
+        except (OSError, ValueError) as exc:
+            raise CommandExecutionError(f"service {name}: bad unit {unit}: {exc}") from exc
     if not os.path.isfile(path):
         raise CommandExecutionError(f"service {name} is not defined ({path} missing)")
     try:
@@ -450,7 +509,7 @@ def status(name, sig=None):
     """
     if sig:
         return bool(__salt__["status.pid"](sig))  # pylint: disable=undefined-variable
-    if not os.path.isfile(_json_path(name)):
+    if not available(name):
         return False
     return _service(name).running()
 
@@ -465,7 +524,8 @@ def available(name):
 
         salt '*' service.available mysqlrepl-test-db1
     """
-    return os.path.isfile(_json_path(name))
+    unit = _unit_path(name)
+    return os.path.isfile(_json_path(name)) or bool(unit and os.path.isfile(unit))
 
 
 def missing(name):
