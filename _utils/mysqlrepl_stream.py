@@ -756,6 +756,12 @@ def _connect_tls(host, port, ctx, connect_timeout, source_address=None):
                 f"mysqlrepl_stream: receiver {host}:{port} failed certificate verification: "
                 f"{exc.verify_message or exc}"
             ) from exc
+        except ssl.SSLEOFError as exc:
+            # through an SSH tunnel the forward accepts at once and closes when nothing
+            # listens behind it yet: the receiver is not up yet, as for a refused connect
+            _close(sock)
+            last = exc
+            time.sleep(min(CONNECT_RETRY_S, max(0.0, deadline - time.monotonic())))
         except ssl.SSLError as exc:
             _close(sock)
             raise CommandExecutionError(

@@ -220,6 +220,8 @@ def salt_minions(salt_master, salt_cli, testsvc_dir, mariadb_servers):
             overrides = {
                 "providers": {"service": "mysqlrepl_testsvc"},
                 "mysqlrepl_testsvc_dir": str(svc_dir),
+                # the formula's systemd units (its SSH tunnels: mysqlrepl:tunnel:unit_dir)
+                "mysqlrepl_testsvc_unit_dir": str(svc_dir.parent.parent / "units"),
                 # module_dirs entries are roots holding _modules/ (or modules/)
                 "module_dirs": [str(SUPPORT_SALT_DIR)],
                 "log_level_logfile": "debug",
