@@ -194,3 +194,248 @@ def test_a_second_highstate_changes_nothing(tunnelled, salt_cli):
     ret = apply(salt_cli)
     assert not all_ok(ret), all_ok(ret)
     assert changes_of(ret) == {"db1": {}, "db2": {}, "db3": {}}
+
+
+# -- what goes wrong: a tunnel to the wrong server, a dead ssh --------------------------------
+
+def _tunnel_state(salt_cli, minion, ident):
+    states = salt_cli.run("mysqlrepl.tunnel_status", minion_tgt=minion).data
+    return next(t for t in states if t["tunnel"] == ident and t["side"] == "near")
+
+
+def _restart_io(server):
+    server.query("STOP SLAVE IO_THREAD")
+    server.query("START SLAVE IO_THREAD")
+
+
+def test_a_tunnel_pointed_at_another_server_of_the_same_ca_is_refused(tunnelled, salt_cli, mariadb_servers):
+    """db2's forward answered by db3 (same CA, its own certificate): the IO thread refuses it."""
+    db2, db3 = mariadb_servers["db2"], mariadb_servers["db3"]
+    salt_cli.run("service.stop", "mysqlrepl-tunnel-db2-db1", minion_tgt="db2")
+    relay = subprocess.Popen(  # pylint: disable=consider-using-with
+        ["socat", f"TCP-LISTEN:{DB2_TUNNEL['port']},bind=127.0.0.1,reuseaddr,fork",
+         f"TCP:{db3.address}:{db3.port}"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(DB2_TUNNEL["port"]), timeout=10, what="the relay")
+        _restart_io(db2)
+        rs = wait_for(lambda: (lambda r: r if r["Last_IO_Errno"] else None)(replica_status(db2)),
+                      timeout=30, what="db2's IO thread to fail")
+        assert rs["Slave_IO_Running"] != "Yes"
+        assert rs["Last_IO_Errno"] == 2026, rs["Last_IO_Error"]  # SSL connection error
+        assert "certificate" in rs["Last_IO_Error"].lower() or "ssl" in rs["Last_IO_Error"].lower()
+        # nothing of db3 was applied on db2
+        assert rs["Slave_SQL_Running"] == "Yes"
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    assert salt_cli.run("service.start", "mysqlrepl-tunnel-db2-db1", minion_tgt="db2").data is True
+    wait_for(lambda: _answers(DB2_TUNNEL["port"]), timeout=30, what="db2's tunnel")
+    _restart_io(db2)
+    wait_for(lambda: replica_status(db2)["Slave_IO_Running"] == "Yes", timeout=30, what="db2's IO thread")
+
+
+def _answers(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_killing_ssh_under_autossh_loses_nothing(tunnelled, salt_cli, mariadb_servers):
+    """kill -9 the ssh process of db2's tunnel while a writer runs on db1."""
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    workload.create_schema(db1)
+    before = _tunnel_state(salt_cli, "db2", "db2-db1")
+    assert before["up"], before
+    writer = workload.Writer({"db1": (db1.address, db1.port)}, name="T", interval=0.003)
+    writer.start()
+    try:
+        time.sleep(1)
+        os.kill(before["ssh_pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        after = wait_for(lambda: (lambda t: t if t["up"] and t["ssh_pid"] != before["ssh_pid"] else None)(
+            _tunnel_state(salt_cli, "db2", "db2-db1")), timeout=60, what="autossh to start ssh again")
+        assert after["autossh_pid"] == before["autossh_pid"]
+        wait_for(lambda: replica_status(db2)["Slave_IO_Running"] == "Yes", timeout=60, what="IO thread")
+        back = time.monotonic() - killed
+        time.sleep(1)
+    finally:
+        writer.stop()
+    assert writer.failure is None and len(writer.acked) > 100, (writer.failure, len(writer.acked))
+    pos = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    assert db2.query("SELECT MASTER_GTID_WAIT(%s, 60) AS w", (pos,))[0]["w"] == 0
+    rows = db2.query("SELECT seq FROM app.seqlog WHERE writer = 'T'")
+    seqs = [r["seq"] for r in rows]
+    acked = {seq for seq, _sid, _t in writer.acked}
+    assert not acked - set(seqs), f"lost {sorted(acked - set(seqs))[:10]}"
+    assert len(seqs) == len(set(seqs)), "duplicated rows"
+    assert back < 30, back
+
+
+# -- what the tunnel user can do: forward the tunnel's ports, nothing else --------------------
+
+def _ssh(harness_root, sshds, *args, timeout=15):
+    key = harness_root / "tunnel" / "db2"
+    sshd = sshds["db1"]
+    argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"IdentityFile={key / 'id_ed25519'}", "-o", f"UserKnownHostsFile={key / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"HostKeyAlias=sshd.{tunnel_name('db1')}",
+            "-o", "ExitOnForwardFailure=yes", "-p", str(sshd.port), "-l", USER, *args, sshd.address]
+    return argv
+
+
+def test_the_tunnel_user_gets_no_shell_and_runs_no_command(tunnelled, harness_root, sshds):
+    for extra in ([], ["-tt"]):
+        argv = _ssh(harness_root, sshds, *extra)
+        ret = subprocess.run(argv + ["id; echo SHELL-RAN"], capture_output=True, text=True, timeout=30,
+                             stdin=subprocess.DEVNULL, check=False)
+        assert ret.returncode != 0, ret
+        assert "uid=" not in ret.stdout and "SHELL-RAN" not in ret.stdout, ret
+
+
+@pytest.mark.parametrize("target", ["another port", "another address"])
+def test_the_tunnel_user_cannot_forward_elsewhere(tunnelled, harness_root, sshds, mariadb_servers, target):
+    db1, db3 = mariadb_servers["db1"], mariadb_servers["db3"]
+    dest = f"{db1.address}:{sshds['db1'].port}" if target == "another port" else f"{db3.address}:{db3.port}"
+    argv = _ssh(harness_root, sshds, "-N", "-v", "-L", f"127.0.0.1:15001:{dest}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _answers(15001), timeout=15, what="the local end of the -L")
+        with socket.create_connection(("127.0.0.1", 15001), timeout=5) as conn:
+            conn.settimeout(5)
+            assert conn.recv(100) == b""  # the far side refused to open the channel
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert "administratively prohibited" in err, err[-2000:]
+
+
+def test_the_tunnel_user_cannot_listen_on_another_port(tunnelled, harness_root, sshds):
+    argv = _ssh(harness_root, sshds, "-N", "-R", "127.0.0.1:15002:127.0.0.1:9")
+    ret = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                         check=False)
+    assert ret.returncode == 255 and "remote port forwarding failed" in ret.stderr, ret
+    assert not _answers(15002)
+
+
+# -- drift: test=True names it, a highstate fixes it --------------------------------------------
+
+def test_drift_is_listed_by_test_and_fixed_by_a_highstate(tunnelled, salt_cli, harness_root, sshds):
+    known = harness_root / "tunnel" / "db2" / "known_hosts"
+    good_known = known.read_text()
+    alias, _type, _key = good_known.split()
+    known.write_text(f"{alias} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherHostKeyOtherHostKeyOtherHostKey0\n")
+    ak = sshds["db3"].authorized_keys
+    loose = "\n".join(line.replace("restrict,", "") if not line.startswith("#") else line
+                      for line in ak.read_text().splitlines()) + "\n"
+    ak.write_text(loose)
+    assert salt_cli.run("service.stop", "mysqlrepl-tunnel-db1-db3", minion_tgt="db1").data is True
+
+    ret = apply(salt_cli, test=True)
+    changes = changes_of(ret)
+    assert changes["db2"] == {"mysqlrepl-tunnels": {"db2": {str(known): "content differs"}}}, changes
+    assert changes["db3"]["mysqlrepl-tunnel-access"] == {"db3": {str(ak): "content differs"}}, changes
+    # and what the stopped tunnel does: db3's link through it is down
+    assert set(changes["db3"]) <= {"mysqlrepl-tunnel-access", "mysqlrepl-replication"}, changes
+    assert changes["db1"] == {"mysqlrepl-tunnels": {"db1": {"service mysqlrepl-tunnel-db1-db3": "started"}}}, \
+        changes
+
+    ret = apply(salt_cli)
+    assert not all_ok(ret), all_ok(ret)
+    assert known.read_text() == good_known and "restrict," in ak.read_text()
+    assert _tunnel_state(salt_cli, "db1", "db1-db3")["up"]
+    assert changes_of(apply(salt_cli, test=True)) == {"db1": {}, "db2": {}, "db3": {}}
+
+
+# -- seed 001: the two ends of the -R tunnel become a two-master pair --------------------------
+
+@pytest.fixture(scope="module")
+def paired(tunnelled, mariadb_servers, harness_root, sshds, write_pillar, salt_cli):
+    pillar = tunnel_pillar(mariadb_servers, harness_root, sshds)
+    top = pillar["mysqlrepl"]
+    del top["master"]
+    top["masters"] = ["db1", "db3"]
+    write_pillar(pillar)
+    ret = apply(salt_cli)
+    return {"pillar": pillar, "ret": ret}
+
+
+def test_a_highstate_turns_the_tunnel_ends_into_a_two_master_pair(paired, mariadb_servers):
+    assert not all_ok(paired["ret"]), all_ok(paired["ret"])
+    db1, db2, db3 = (mariadb_servers[n] for n in ("db1", "db2", "db3"))
+    for srv, increment, offset, domain in ((db1, 2, 1, 0), (db3, 2, 2, 1)):
+        row = srv.query("SELECT @@read_only AS ro, @@auto_increment_increment AS i, "
+                        "@@auto_increment_offset AS o, @@gtid_domain_id AS d")[0]
+        assert (row["ro"], row["i"], row["o"], row["d"]) == (0, increment, offset, domain), (srv.name, row)
+    # db1 replicates from db3 through the -L end of its own tunnel, db3 from db1 through the -R end
+    rs = replica_status(db1)
+    assert (rs["Master_Host"], rs["Master_Port"]) == (tunnel_name("db3"), DB1_TUNNEL["port"])
+    assert rs["Master_SSL_Verify_Server_Cert"] == "Yes" and rs["Slave_IO_Running"] == "Yes"
+    assert db2.query("SELECT @@read_only AS ro")[0]["ro"] == 1
+
+
+def _insert_rows(srv, origin, count, errors):
+    try:
+        conn = srv.connect(autocommit=True)
+        with conn.cursor() as cur:
+            for i in range(count):
+                cur.execute("INSERT INTO tun.pair (origin, n) VALUES (%s, %s)", (origin, i))
+        conn.close()
+    except Exception as exc:  # pylint: disable=broad-except
+        errors.append(f"{origin}: {exc}")
+
+
+def test_both_masters_take_writes_into_the_same_table_without_collisions(paired, mariadb_servers):
+    db1, db2, db3 = (mariadb_servers[n] for n in ("db1", "db2", "db3"))
+    db1.query("CREATE TABLE IF NOT EXISTS tun.pair (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+              "origin VARCHAR(8) NOT NULL, n INT NOT NULL) ENGINE=InnoDB")
+    pos = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    assert db3.query("SELECT MASTER_GTID_WAIT(%s, 30) AS w", (pos,))[0]["w"] == 0
+    errors = []
+    threads = [threading.Thread(target=_insert_rows, args=(srv, srv.name, 1000, errors)) for srv in (db1, db3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    pos1 = db1.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    pos3 = db3.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+    for srv in (db1, db2, db3):
+        for pos in (pos1, pos3):
+            assert srv.query("SELECT MASTER_GTID_WAIT(%s, 60) AS w", (pos,))[0]["w"] == 0, (srv.name, pos)
+    sums = {srv.name: srv.query("CHECKSUM TABLE tun.pair")[0]["Checksum"] for srv in (db1, db2, db3)}
+    assert len(set(sums.values())) == 1, sums
+    rows = db1.query("SELECT origin, COUNT(*) AS n, SUM(id % 2) AS odd FROM tun.pair GROUP BY origin")
+    assert {r["origin"]: (r["n"], int(r["odd"])) for r in rows} == {"db1": (1000, 1000), "db3": (1000, 0)}
+    for srv in (db1, db2, db3):
+        rs = replica_status(srv)
+        assert (rs["Slave_IO_Running"], rs["Slave_SQL_Running"], rs["Last_SQL_Errno"]) == ("Yes", "Yes", 0), \
+            (srv.name, rs["Last_SQL_Error"])
+
+
+def test_a_switch_on_a_pair_is_refused_with_what_to_do(paired, salt_run_cli, mariadb_servers):
+    ret = salt_run_cli.run("mysqlrepl.switch", "db3")
+    assert ret.returncode == 1, ret
+    assert "two-master pair" in ret.stdout and "point its apps at" in ret.stdout, ret.stdout
+    assert mariadb_servers["db1"].query("SELECT @@read_only AS ro")[0]["ro"] == 0
+
+
+def test_a_second_highstate_on_the_pair_changes_nothing(paired, salt_cli):
+    ret = apply(salt_cli)
+    assert not all_ok(ret), all_ok(ret)
+    assert changes_of(ret) == {"db1": {}, "db2": {}, "db3": {}}
+
+
+def test_no_private_key_or_password_in_any_salt_log(paired, harness_root):
+    """Every log of the session's salt-master and minions (debug level)."""
+    needles = [b"PRIVATE KEY", PASSWORD.encode()]
+    hits, scanned = [], []
+    for path in (harness_root / "salt").rglob("*.log"):
+        data = path.read_bytes()
+        scanned.append(path.name)
+        hits += [(str(path), n) for n in needles if n in data]
+    assert scanned.count("minion.log") == 3 and "master.log" in scanned, scanned
+    assert not hits, hits
