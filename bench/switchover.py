@@ -154,14 +154,16 @@ def bring_up(root, topologies, pids):
     top = {}
     for topo in topologies:
         sb.write_yaml(pillar_dir / f"{topo.name}_db.sls", topo.pillar(), mode=0o600)
-        sb.write_yaml(pillar_dir / f"{topo.name}_app.sls", topo.app_pillar())
-        top[topo.db_minion] = [f"{topo.name}_db"]
-        top[topo.app_minion] = [f"{topo.name}_app"]
+        for minion in getattr(topo, "db_minions", [topo.db_minion]):
+            top[minion] = [f"{topo.name}_db"]
+        if topo.app_minion:
+            sb.write_yaml(pillar_dir / f"{topo.name}_app.sls", topo.app_pillar())
+            top[topo.app_minion] = [f"{topo.name}_app"]
     sb.write_yaml(pillar_dir / "top.sls", {"base": top})
     pids["master"] = sb.spawn(["salt-master", "-c", str(root / "master")], root / "master" / "logs").pid
     minions = []
     for topo in topologies:
-        for minion in (topo.db_minion, topo.app_minion):
+        for minion in getattr(topo, "db_minions", [topo.db_minion]) + [m for m in [topo.app_minion] if m]:
             cfg = sb.minion_config(root, minion, ports)
             if minion == topo.app_minion:
                 topo.hosts_file.parent.mkdir(parents=True, exist_ok=True)

@@ -455,6 +455,8 @@ def minion_config(root, name, ports):
         # first job on, before any saltutil.sync_all.
         "providers": {"service": "mysqlrepl_testsvc"},
         "mysqlrepl_testsvc_dir": str(root / "svc" / name),
+        # the formula's systemd units (its SSH tunnels, mysqlrepl:tunnel:unit_dir) run the same way
+        "mysqlrepl_testsvc_unit_dir": str(root / "units"),
         "module_dirs": [str(SUPPORT_SALT_DIR)],
     }
 
