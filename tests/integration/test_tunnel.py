@@ -18,14 +18,12 @@ This module runs in a pytest session of its own (``-m separate_session``,
 import os
 import pathlib
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 
-import pymysql
 import pytest
 
 from tests.support.sshd import SSHD
