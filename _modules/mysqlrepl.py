@@ -19,6 +19,7 @@ SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
 
 import concurrent.futures
 import contextvars
+import errno
 import functools
 import json
 import logging
@@ -988,10 +989,9 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
             except CommandExecutionError as exc:
                 return {"result": False, "changes": {},
                         "comment": f"cannot read {peer}'s position to link {srv['name']} to it: {exc}"}
-            domain = srv["gtid_domain_id"]
-            facts["peer_has_ours"] = any(
-                d == domain for d, _ in _u("mysqlrepl_switch.parse_gtid_list")(peer_pos))
-            facts["pair_position"] = rules("pair_position")(domain, facts.get("gtid_slave_pos"), peer_pos)
+            facts["peer_replicates"] = _replica_connected(conn, version, cfg["servers"][peer]["server_id"])
+            facts["pair_position"] = rules("pair_position")(srv["gtid_domain_id"], facts.get("gtid_slave_pos"),
+                                                            peer_pos)
         if srv["name"] != cfg["master"] or pair:
             parse = _u("mysqlrepl_switch.parse_gtid_list")
             own = [k for k in parse(facts.get("gtid_binlog_state")) if k[1] == srv["server_id"]]
@@ -1061,13 +1061,17 @@ def _reach(cfg, srv, to):
     return where["host"], where["port"]
 
 
+def _replica_connected(conn, version, server_id):
+    """Is the server with ``server_id`` connected as a replica of ``conn``'s server?"""
+    rows = _run(conn, _sql("replica_hosts")(version))
+    return any(int({k.lower(): v for k, v in r.items()}.get("server_id") or 0) == int(server_id) for r in rows)
+
+
 def _await_replica(conn, version, server_id, timeout):
     """Wait until the server with ``server_id`` is connected as a replica of ``conn``'s."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = _run(conn, _sql("replica_hosts")(version))
-        if any(int({k.lower(): v for k, v in r.items()}.get("server_id") or 0) == int(server_id)
-               for r in rows):
+        if _replica_connected(conn, version, server_id):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -2088,6 +2092,42 @@ def tunnel_key_apply(server=None, test=False):
     return changes
 
 
+def _hosts_add(path, names):
+    """
+    Add ``127.0.0.1 <name>`` lines to the hosts file, under an exclusive lock on it and by
+    an atomic rename (a resolver never reads a half-written file; two minions of one
+    machine never lose each other's lines). Salt's ``hosts`` module rewrites it in place.
+    """
+    import fcntl  # pylint: disable=import-outside-toplevel
+
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                same = os.stat(path).st_ino == st.st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # replaced while we waited: lock the new one
+                continue
+            text = _read(path)
+            new = _u("mysqlrepl_tunnel.hosts_with")(text, names)
+            if new != text:
+                try:
+                    _u("mysqlrepl_tls.write_atomic")(path, new, st.st_mode & 0o7777, st.st_uid, st.st_gid)
+                except OSError as exc:
+                    if exc.errno not in (errno.EBUSY, errno.EXDEV):
+                        raise
+                    # a bind-mounted hosts file (containers) cannot be replaced: append in
+                    # place, still under the lock (only lines are added)
+                    with open(path, "a", encoding="utf-8") as handle:
+                        handle.write(new[len(text or ""):])
+            return
+        finally:
+            os.close(fd)
+
+
 def _forward_answers(port, timeout):
     """Does 127.0.0.1:``port`` accept a TCP connection within ``timeout`` s? (the forward)"""
     import socket  # pylint: disable=import-outside-toplevel
@@ -2167,9 +2207,9 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     differs = tun("file_changes")(want, have)
     changes.update(differs)
     hosts = [] if side == "peer" else tun("hosts_entries")(cfg, local)
-    for name in hosts:
-        if not __salt__["hosts.has_pair"]("127.0.0.1", name):
-            changes[f"hosts {name}"] = "127.0.0.1"
+    hosts_file = __opts__.get("hosts.file") or "/etc/hosts"
+    for name in tun("hosts_missing")(_read(hosts_file), hosts):
+        changes[f"hosts {name}"] = "127.0.0.1"
     services = {}
     for service, path in units.items():
         running, enabled = __salt__["service.status"](service), __salt__["service.enabled"](service)
@@ -2190,9 +2230,8 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     for path in differs:
         w = want[path]
         _write_file(path, w["text"], mode=w["mode"], uid=w["uid"], gid=w["gid"])
-    for name in hosts:
-        if not __salt__["hosts.has_pair"]("127.0.0.1", name):
-            __salt__["hosts.add_host"]("127.0.0.1", name)
+    if hosts:
+        _hosts_add(hosts_file, hosts)
     for service, path in units.items():
         if not __salt__["service.enabled"](service):
             __salt__["service.enable"](service)

@@ -37,8 +37,8 @@ unit-tested in ``tests/unit/test_replication_plan.py``):
    enabled events are set DISABLE ON SLAVE; the password is sent (in a
    statement of its own) only when the link does not hold it yet.
 9. A master of a pair without a link (the one the other was seeded from) links
-   to the other master only once that one has replicated from it (the other's
-   ``gtid_slave_pos`` holds this master's domain); it starts at
+   to the other master only once that one replicates from it (connected to
+   this one as a replica); it starts at
    :func:`pair_position`: its own domain from where the other master's binlog
    has it (earlier would be its own transactions coming back, later is not in
    that binlog: 1236), every other domain from its own slave position.
@@ -359,14 +359,17 @@ def _pair_plan(cfg, srv, facts, test, seeded, guard):
     if rs is None and not seeded:
         if name != cfg["masters"][0] and not facts.get("gtid_slave_pos"):
             return _refuse(_never_seeded(name, peer))
-        if not facts.get("peer_has_ours"):
+        if not facts.get("peer_replicates"):
             return _refuse(f"{name} and {peer} are a two-master pair: {name} replicates from {peer} once "
-                           f"{peer} was seeded from {name} and replicates from it ({peer} has none of "
-                           f"{name}'s transactions: salt-run mysqlrepl.seed replica={peer}); nothing changed")
+                           f"{peer} was seeded from {name} and replicates from it ({peer} is not connected "
+                           f"to {name} as a replica: salt-run mysqlrepl.seed replica={peer}, or the highstate "
+                           f"on {peer}); nothing changed")
         position = facts["pair_position"]
     link = _link(cfg, srv, facts, want, position=position)
     changes, actions = dict(link["changes"]), list(link["actions"])
-    if facts["read_only"] != "OFF":
+    # a seed only links it (the other master links back, and the highstate makes both
+    # writable, at the setup orchestration's converge step)
+    if facts["read_only"] != "OFF" and not seeded:
         if guard is None:
             raise ValueError("a highstate making a master writable needs the guard's answers")
         writable, unknown = guard.get("writable") or [], guard.get("unknown") or []

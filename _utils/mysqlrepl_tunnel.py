@@ -388,3 +388,27 @@ def roles(cfg, local_servers):
     tunnels = cfg.get("tunnels") or []
     return {"near": [t for t in tunnels if t["near"] in local_servers],
             "peer": [t for t in tunnels if t["peer"] in local_servers]}
+
+
+HOSTS_MARK = "# mysqlrepl tunnel"
+
+
+def hosts_missing(text, names):
+    """The ``names`` that ``text`` (a hosts file) does not map to 127.0.0.1."""
+    have = set()
+    for line in (text or "").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] == LOOPBACK:
+            have.update(fields[1:])
+    return [n for n in names if n not in have]
+
+
+def hosts_with(text, names):
+    """``text`` with a ``127.0.0.1 <name>`` line added for each missing name (nothing else changes)."""
+    missing = hosts_missing(text, names)
+    if not missing:
+        return text
+    out = text or ""
+    if out and not out.endswith("\n"):
+        out += "\n"
+    return out + "".join(f"{LOOPBACK}\t{name}\t{HOSTS_MARK}\n" for name in missing)

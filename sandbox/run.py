@@ -5,9 +5,14 @@ salt-minions on this machine, brought up with the formula through the same
 commands as in production (sync, ``state.orchestrate mysqlrepl.orch.setup``,
 highstates).
 
-    .venv/bin/python sandbox/run.py up [--port 3306] [--first-octet 11]
+    .venv/bin/python sandbox/run.py up [--port 3306] [--first-octet 11] [--tunnels]
     .venv/bin/python sandbox/run.py status
     .venv/bin/python sandbox/run.py down
+
+``up --tunnels`` runs seeds 000 and 001 instead of the switchover: db2 reaches
+db1 only through an ``ssh -L`` tunnel it opens to db1's sshd, db1 (as if behind
+a firewall) opens an ``ssh -R`` tunnel to db3's sshd, and db1 and db3 are a
+two-master pair over it (a real sshd per far side, autossh per tunnel).
 
 ``up`` leaves everything running and prints how to use it. Runtime files live
 in a short directory under /tmp (salt-master hangs on unix socket paths over
@@ -46,6 +51,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402  (salt's dependency, in .venv)
 
 from tests.support import mariadb  # noqa: E402  (reused: servers + service provider)
+from tests.support.sshd import SSHD  # noqa: E402  (reused: a plain sshd per far side)
 
 STATE_FILE = REPO / "sandbox" / "state.json"
 SUPPORT_SALT_DIR = REPO / "tests" / "support" / "salt"
@@ -466,7 +472,26 @@ def gen_password(length=24):
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def pillar_text(servers, root, password, seed_port):
+TUNNEL_USER = "mysqlrepl-tunnel"
+
+
+def tunnel_pillar(root, sshds, port_base):
+    """``--tunnels``: db2 behind an ssh -L to db1 (seed 000), db1 behind an ssh -R to db3 and
+    the pair db1 + db3 (seed 001). Every forwarded port is distinct (one machine)."""
+    return {
+        "tunnel": {"dir": str(root / "tunnel"), "unit_dir": str(root / "units")},
+        "servers": {
+            "db1": {"sshd": sshds["db1"].pillar(),
+                    "tunnels": [{"peer": "db3", "port": port_base + 20, "seed_port": port_base + 21,
+                                 "peer_port": port_base + 30, "peer_seed_port": port_base + 31}]},
+            "db2": {"tunnels": [{"peer": "db1", "port": port_base, "seed_port": port_base + 1,
+                                 "peer_port": port_base + 10, "peer_seed_port": port_base + 11}]},
+            "db3": {"sshd": sshds["db3"].pillar()},
+        },
+    }
+
+
+def pillar_text(servers, root, password, seed_port, tunnels=None):
     """The sandbox pillar in the shape of pillar.example (infra + mysqlrepl in one file)."""
     db1 = servers["db1"]
     rest = {
@@ -497,6 +522,9 @@ def pillar_text(servers, root, password, seed_port):
     }
     for name, srv in servers.items():
         rest["servers"][name] = srv.pillar_entry()
+        rest["servers"][name].update((tunnels or {}).get("servers", {}).get(name, {}))
+    if tunnels:
+        rest["tunnel"] = tunnels["tunnel"]
     body = yaml.safe_dump(rest, default_flow_style=False, sort_keys=False)
     addresses = ", ".join(f"'{n}': '{s.address}'" for n, s in servers.items())
     return (
@@ -512,7 +540,8 @@ def pillar_text(servers, root, password, seed_port):
         "\n"
         "mysqlrepl:\n"
         f"  topology: {TOPOLOGY}\n"
-        "  master: {{ masterdb }}\n"
+        + ("  masters: [db1, db3]           # a two-master pair over db1's ssh -R tunnel (seed 001)\n"
+           if tunnels else "  master: {{ masterdb }}\n")
         + "".join(f"  {line}\n" for line in body.splitlines())
     )
 
@@ -553,6 +582,7 @@ def summarise_status(data, state):
     """Lines describing `salt 'db*' mysqlrepl.status`."""
     lines = []
     by_address = {(s["address"], s["port"]): n for n, s in state["servers"].items()}
+    by_name = {f"{n}.{TOPOLOGY}.mysqlrepl.internal": n for n in state["servers"]}
     for name in sorted(data):
         st = data[name]
         if not isinstance(st, dict):
@@ -566,7 +596,9 @@ def summarise_status(data, state):
             lines.append(f"  {name}: master  read_only={var.get('read_only')}  have_ssl={var.get('have_ssl')}  "
                          f"server_id={var.get('server_id')}  MariaDB {ver}  gtid_binlog_pos={gtid.get('binlog_pos')}")
         else:
-            src = by_address.get((rep["host"], rep["port"]), "?")
+            src = by_address.get((rep["host"], rep["port"])) or by_name.get(rep["host"], "?")
+            if rep["host"] in by_name:
+                src += " through the ssh tunnel"
             lines.append(
                 f"  {name}: replica of {src} ({rep['host']}:{rep['port']})  IO={rep['io_running']} "
                 f"SQL={rep['sql_running']}  Using_Gtid={rep['using_gtid']}  SSL={rep['ssl_allowed']} "
@@ -575,6 +607,10 @@ def summarise_status(data, state):
             if rep.get("last_io_errno") or rep.get("last_sql_errno"):
                 lines.append(f"        last IO error {rep['last_io_errno']}: {rep['last_io_error']}")
                 lines.append(f"        last SQL error {rep['last_sql_errno']}: {rep['last_sql_error']}")
+        for t in st.get("tunnels") or []:
+            lines.append(f"        tunnel {t['tunnel']} ({t['side']} side, to {t['other']}): "
+                         f"{'up' if t['up'] else 'DOWN'}; {t['forward']}"
+                         + (f"; autossh pid {t['autossh_pid']}, ssh pid {t['ssh_pid']}" if t['side'] == "near" else ""))
         for dump in st.get("binlog_dumps") or []:
             # on loopback every replica connects from 127.0.0.1, whatever its own address
             lines.append(f"        Binlog Dump thread {dump.get('id')} ({dump.get('user')}@{dump.get('host')}): "
@@ -584,6 +620,8 @@ def summarise_status(data, state):
 
 def check_status(data, state):
     """Problems in the replication status: threads, TLS of every binlog dump."""
+    if state.get("tunnels"):
+        return check_pair_status(data, state)
     problems = []
     masters = [n for n, st in data.items() if isinstance(st, dict) and st.get("replica") is None]
     if len(masters) != 1:
@@ -601,6 +639,23 @@ def check_status(data, state):
         problems.append(f"{master}: {len(dumps)} binlog dump threads, expected {len(replicas)}")
     if any(not d.get("cipher") for d in dumps):
         problems.append(f"{master}: a binlog dump thread is not encrypted: {dumps}")
+    return problems
+
+
+def check_pair_status(data, state):
+    """``--tunnels``: db1 and db3 writable, every server replicating, TLS everywhere, tunnels up."""
+    problems = []
+    for name in state["servers"]:
+        st = data.get(name) or {}
+        rep = st.get("replica")
+        if not rep or rep["io_running"] != "Yes" or rep["sql_running"] != "Yes":
+            problems.append(f"{name}: replication threads not both running: {rep}")
+        want = "OFF" if name in ("db1", "db3") else "ON"
+        if (st.get("variables") or {}).get("read_only") != want:
+            problems.append(f"{name}: read_only is not {want}")
+        if any(not d.get("cipher") for d in st.get("binlog_dumps") or []):
+            problems.append(f"{name}: a binlog dump thread is not encrypted")
+        problems += [f"{name}: tunnel {t['tunnel']} is down" for t in st.get("tunnels") or [] if not t["up"]]
     return problems
 
 
@@ -653,6 +708,17 @@ def cmd_up(args):
                                       "server_id": srv.server_id, "socket": str(srv.socket)}
         save_state(state)
 
+    sshds = {}
+    if args.tunnels:
+        with Step("start an sshd on db1's and db3's addresses (the far sides of the tunnels)"):
+            for name in ("db1", "db3"):
+                srv = servers[name]
+                sshds[name] = SSHD(name, srv.address, 22000 + int(srv.address.rsplit(".", 1)[1]),
+                                   root / "sshd", TUNNEL_USER).start()
+                state["pids"][f"sshd-{name}"] = sshds[name].proc.pid
+            state["tunnels"] = True
+            save_state(state)
+
     password = gen_password()
     pw_file = root / "repl-password"
     fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -664,7 +730,8 @@ def cmd_up(args):
     sls = pillar_dir / "infra" / "sandbox.sls"
     fd = os.open(sls, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(pillar_text(servers, root, password, seed_port))
+        fh.write(pillar_text(servers, root, password, seed_port,
+                             tunnel_pillar(root, sshds, args.port + 11000) if args.tunnels else None))
 
     with Step("start salt-master and salt-minions db1, db2, db3"):
         srv_tree = make_state_tree(root)
@@ -736,6 +803,17 @@ def cmd_up(args):
         if problems:
             raise Failed("replication status:\n" + "\n".join(f"  {p}" for p in problems))
 
+    if args.tunnels:
+        with Step("write a row on db3 (the pair's other master), read it on db1 and db2"):
+            row_travels(servers, "db3")
+        with Step(f"a switch on a pair is refused   ({salt.shown('salt-run', 'mysqlrepl.switch', 'new_master=db3')})"):
+            proc, data = salt.run("mysqlrepl.switch", "new_master=db3")
+            if proc.returncode == 0:
+                raise Failed(f"the switch on a two-master pair was not refused: {data}")
+            say(f"      {(data or {}).get('comment') if isinstance(data, dict) else _proc_tail(proc)}")
+        finish_up(root, state)
+        return
+
     # planned switchover db1 -> db2
     with Step(f"the plan first   ({salt.shown('salt-run', 'mysqlrepl.switch', 'new_master=db2', 'dry_run=True')})"):
         proc, data = salt.run("mysqlrepl.switch", "new_master=db2", "dry_run=True")
@@ -775,6 +853,10 @@ def cmd_up(args):
         if problems:
             raise Failed("replication status:\n" + "\n".join(f"  {p}" for p in problems))
 
+    finish_up(root, state)
+
+
+def finish_up(root, state):
     state["up_seconds"] = round(time.monotonic() - T0, 1)
     save_state(state)
     say("")
@@ -888,10 +970,15 @@ def print_usage(root, state):
     say("  salt db2 mysqlrepl.replication_check")
     say("  salt 'db*' mysqlrepl.tls_check")
     say("  salt-run mysqlrepl.topology")
-    say("  salt-run mysqlrepl.record                 # who is master since the last switch")
-    say("  salt-run mysqlrepl.switch new_master=db1 dry_run=True")
-    say("  salt-run state.orchestrate mysqlrepl.orch.switch pillar='{\"mysqlrepl\": {\"new_master\": \"db1\"}}'")
-    say("  db2 -e 'INSERT INTO sandbox.hello (v) VALUES (\"mine\")'; db3 -e 'SELECT * FROM sandbox.hello'")
+    if state.get("tunnels"):
+        say("  salt 'db*' mysqlrepl.tunnel_status      # each tunnel: up, forward answering, autossh/ssh PIDs")
+        say("  db3 -e 'INSERT INTO sandbox.hello (v) VALUES (\"from db3\")'; db1 -e 'SELECT * FROM sandbox.hello'")
+        say(f"  sshd logs: {root}/sshd/db1/sshd.log, {root}/sshd/db3/sshd.log")
+    else:
+        say("  salt-run mysqlrepl.record                 # who is master since the last switch")
+        say("  salt-run mysqlrepl.switch new_master=db1 dry_run=True")
+        say("  salt-run state.orchestrate mysqlrepl.orch.switch pillar='{\"mysqlrepl\": {\"new_master\": \"db1\"}}'")
+        say("  db2 -e 'INSERT INTO sandbox.hello (v) VALUES (\"mine\")'; db3 -e 'SELECT * FROM sandbox.hello'")
     say("or without the env file:")
     say(f"  .venv/bin/salt -c {conf} 'db*' mysqlrepl.status")
     say(f"  .venv/bin/salt-run -c {conf} state.orchestrate mysqlrepl.orch.setup")
@@ -914,8 +1001,9 @@ def cmd_status(_args):
     root = state["root"]
     say(f"sandbox {root}")
     for what, pid in state.get("pids", {}).items():
-        say(f"  salt-{'master' if what == 'master' else 'minion ' + what}: pid {pid} "
-            f"{'running' if alive(pid) else 'NOT RUNNING'}")
+        label = ("salt-master" if what == "master" else f"sshd {what[5:]}" if what.startswith("sshd-")
+                 else f"salt-minion {what}")
+        say(f"  {label}: pid {pid} {'running' if alive(pid) else 'NOT RUNNING'}")
     for name, srv in servers_from_state(state).items():
         pid = srv.pid()
         say(f"  mariadbd {name} {srv.address}:{srv.port}: " + (f"pid {pid} running" if pid else "NOT RUNNING"))
@@ -953,6 +1041,20 @@ def cmd_down(_args):
         servers = servers_from_state(state)
         if servers:
             mariadb.stop_servers(servers.values())
+    sshd_pids = [(pid, what) for what, pid in pids.items() if what.startswith("sshd-")]
+    if sshd_pids:
+        with Step("stop sshd and the tunnels (autossh)"):
+            stop_pids(sshd_pids + [(pid, f"autossh {pid}") for pid in processes_mentioning(str(root / "tunnel"))
+                                   if "autossh" in cmdline(pid)])
+            # the tunnel names the formula added to /etc/hosts
+            hosts = pathlib.Path("/etc/hosts")
+            lines = hosts.read_text().splitlines(keepends=True)
+            kept = "".join(ln for ln in lines if f".{TOPOLOGY}.mysqlrepl.internal" not in ln)
+            if kept != "".join(lines):
+                tmp = hosts.with_name(".hosts.mrsb.tmp")
+                tmp.write_text(kept)
+                os.chmod(tmp, hosts.stat().st_mode & 0o7777)
+                os.replace(tmp, hosts)
     left = processes_mentioning(str(root))
     if left:
         say(f"processes still mentioning {root}: " + "; ".join(f"{p} {cmdline(p)[:100]}" for p in left))
@@ -977,6 +1079,9 @@ def main(argv=None):
                     help="db1..db3 listen on 127.0.0.N..N+2 (default 11)")
     up.add_argument("--seed-port", type=int, default=None,
                     help="mysqlrepl:seed:port (default: --port + 1138, i.e. 4444 for 3306)")
+    up.add_argument("--tunnels", action="store_true",
+                    help="seeds 000 and 001: db2 behind an ssh -L tunnel, db1 + db3 a two-master pair over "
+                         "an ssh -R tunnel (forwarded ports from --port + 11000), instead of the switchover")
     sub.add_parser("status", help="daemons and `salt 'db*' mysqlrepl.status`")
     sub.add_parser("down", help="stop everything by PID and remove the runtime dir")
     args = parser.parse_args(argv)

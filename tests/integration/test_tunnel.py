@@ -186,6 +186,11 @@ def test_files_have_the_modes_and_lines_the_far_side_needs(tunnelled, harness_ro
     assert known[0] == f"sshd.{tunnel_name('db1')}"
     assert known[1:3] == (sshds["db1"].host_key.with_suffix(".pub")).read_text().split()[:2]
     assert pwd.getpwnam(USER).pw_shell == "/usr/sbin/nologin"
+    # three minions of this one machine added their lines at once: none lost, nothing else touched
+    hosts = pathlib.Path("/etc/hosts").read_text()
+    assert "localhost" in hosts
+    for name in ("db1", "db2", "db3"):
+        assert hosts.count(f"\t{tunnel_name(name)}\t") == 1, hosts
 
 
 def test_a_second_highstate_changes_nothing(tunnelled, salt_cli):

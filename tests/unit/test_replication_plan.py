@@ -233,7 +233,7 @@ def pair_link(srv, source, **over):
 
 def pair_facts(**over):
     facts = {"read_only": "OFF", "gtid_slave_pos": "", "gtid_binlog_pos": "1-11-9", "rs": None,
-             "enabled_events": [], "heartbeat": 2.0, "password_stale": False, "peer_has_ours": True,
+             "enabled_events": [], "heartbeat": 2.0, "password_stale": False, "peer_replicates": True,
              "pair_position": "1-11-7"}
     facts.update(over)
     return facts
@@ -263,14 +263,14 @@ def test_the_first_master_links_to_the_second_at_the_pair_position_then_is_writa
     assert test["result"] is None and test["actions"] == [] and set(test["changes"]) == set(out["changes"])
 
 
-def test_the_first_master_waits_until_the_second_has_its_transactions():
-    out = rp.plan(PAIR_CFG, P1, pair_facts(peer_has_ours=False), guard=OK_GUARD)
+def test_the_first_master_waits_until_the_second_replicates_from_it():
+    out = rp.plan(PAIR_CFG, P1, pair_facts(peer_replicates=False), guard=OK_GUARD)
     assert out["result"] is False and out["actions"] == []
     assert "salt-run mysqlrepl.seed replica=db2" in out["comment"]
 
 
 def test_the_second_master_is_seeded_first():
-    out = rp.plan(PAIR_CFG, P2, pair_facts(gtid_slave_pos="", peer_has_ours=False), guard=OK_GUARD)
+    out = rp.plan(PAIR_CFG, P2, pair_facts(gtid_slave_pos="", peer_replicates=False), guard=OK_GUARD)
     assert out["result"] is False and out["actions"] == [] and "never been seeded from db1" in out["comment"]
 
 
@@ -330,3 +330,9 @@ def test_a_replica_behind_a_tunnel_links_to_its_masters_tunnel_name():
     # pointed at db2 is another server: refused
     out = rp.plan(cfg, db3, replica_facts(rs=dict(live_link(db3), host="10.0.0.12", port=3306)))
     assert out["result"] is False and "(db2) but pillar says the master is db1" in out["comment"]
+
+
+def test_a_seed_of_the_second_master_links_it_and_leaves_it_read_only():
+    facts = pair_facts(read_only="ON", gtid_slave_pos="1-11-9", rs=None)
+    out = rp.plan(PAIR_CFG, P2, facts, seeded=True, guard=None)
+    assert kinds(out) == ["stop", "change_master", "password", "start"] and "read_only" not in out["changes"]

@@ -286,3 +286,14 @@ def test_state_is_down_without_ssh_or_when_the_forward_does_not_answer():
 def test_state_on_the_peer_side_is_its_reverse_forward():
     st = tn.state(CFG, T, "db1", {}, {4406: True})
     assert st["up"] is True and st["side"] == "peer" and st["other"] == "db3" and st["service"] is None
+
+
+def test_hosts_lines_are_added_once_and_nothing_else_changes():
+    text = "127.0.0.1\tlocalhost\n::1 localhost\n127.0.0.1 db9.prod.mysqlrepl.internal # elsewhere\n"
+    names = ["db1.prod.mysqlrepl.internal", "db9.prod.mysqlrepl.internal"]
+    assert tn.hosts_missing(text, names) == ["db1.prod.mysqlrepl.internal"]
+    new = tn.hosts_with(text, names)
+    assert new.startswith(text) and new[len(text):] == "127.0.0.1\tdb1.prod.mysqlrepl.internal\t# mysqlrepl tunnel\n"
+    assert tn.hosts_with(new, names) == new
+    assert tn.hosts_with("127.0.0.1 localhost", ["a.b"]) == "127.0.0.1 localhost\n127.0.0.1\ta.b\t# mysqlrepl tunnel\n"
+    assert tn.hosts_missing("10.0.0.1 a.b\n", ["a.b"]) == ["a.b"]
