@@ -2092,6 +2092,39 @@ def tunnel_key_apply(server=None, test=False):
     return changes
 
 
+def _stale_units(cfg, local, mine):
+    """Services of tunnels this minion's servers opened (units the formula wrote for this
+    topology) that pillar no longer has."""
+    unit_dir = cfg["tunnel"]["unit_dir"]
+    keep = {f"{t['service']}.service" for t in mine["near"]}
+    try:
+        entries = sorted(os.listdir(unit_dir))
+    except FileNotFoundError:
+        return []
+    mark = f"(topology {cfg['topology']})"
+    out = []
+    for entry in entries:
+        if entry in keep or not entry.endswith(".service"):
+            continue
+        if not any(entry.startswith(f"mysqlrepl-tunnel-{name}-") for name in local):
+            continue
+        text = _read(os.path.join(unit_dir, entry)) or ""
+        if text.startswith("# Managed by Salt (mysqlrepl)") and mark in text:
+            out.append(entry[: -len(".service")])
+    return out
+
+
+def _remove_units(cfg, services):
+    for service in services:
+        if __salt__["service.status"](service):
+            __salt__["service.stop"](service)
+        if __salt__["service.enabled"](service):
+            __salt__["service.disable"](service)
+        os.remove(os.path.join(cfg["tunnel"]["unit_dir"], f"{service}.service"))
+    if services and __grains__.get("init") == "systemd" and "service.systemctl_reload" in __salt__:
+        __salt__["service.systemctl_reload"]()  # forget the removed units
+
+
 def _hosts_add(path, names):
     """
     Add ``127.0.0.1 <name>`` lines to the hosts file, under an exclusive lock on it and by
@@ -2166,8 +2199,14 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
     local, mine = _tunnel_roles(cfg, server)
     changes, waiting, notes = {}, [], []
+    stale = [] if side == "peer" else _stale_units(cfg, local, mine)
+    for service in stale:
+        changes[f"service {service}"] = "stopped, disabled, unit removed (no longer in pillar)"
     if not mine["near"] and not mine["peer"]:
-        return {"result": True, "changes": {}, "comment": "no tunnel"}
+        if stale and not test:
+            _remove_units(cfg, stale)
+        return {"result": None if stale and test else True, "changes": changes,
+                "comment": "stale tunnels removed" if stale else "no tunnel"}
     uid, gid, change = _tunnel_user(cfg, test)
     if change:
         changes["user"] = change
@@ -2227,6 +2266,7 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     if test:
         return {"result": None if changes else True, "changes": changes,
                 "comment": f"would change {len(changes)} item(s)" if changes else "tunnels as pillar says"}
+    _remove_units(cfg, stale)
     for path in differs:
         w = want[path]
         _write_file(path, w["text"], mode=w["mode"], uid=w["uid"], gid=w["gid"])

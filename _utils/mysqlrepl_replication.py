@@ -167,9 +167,12 @@ def topology_conflict(cfg, srv, rs, repoint_from=None):
     # every way this host may reach each server: directly, or through a tunnel
     known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
     known.update({endpoint(cfg, name, n): n for n in cfg["servers"] if n != name})
-    if known.get(have) == source:
+    # a tunnel name (its tunnel may be gone from pillar: the forward's port is then unknown)
+    names = {s["tunnel_host"]: n for n, s in cfg["servers"].items() if s.get("tunnel_host")}
+    who = known.get(have) or names.get(rs["host"])
+    if who == source:
         return None  # the right server by another route (a tunnel added or removed): repointed
-    who = known.get(have, "a server outside the topology")
+    who = who or "a server outside the topology"
     if cfg.get("two_masters"):
         return (f"{name} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says it replicates "
                 f"from {source} ({want[0]}:{want[1]}): the topology was changed outside mysqlrepl; "

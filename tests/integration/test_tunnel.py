@@ -26,8 +26,9 @@ import time
 
 import pytest
 
+from tests.support.secrets import ProcSampler
 from tests.support.sshd import SSHD
-from tests.support.topology import (PASSWORD, all_ok, apply, build_pillar, changes_of, orch_steps,
+from tests.support.topology import (ADMIN_PASSWORD, PASSWORD, SWITCH_PASSWORD, all_ok, apply, build_pillar, changes_of, orch_steps,
                                     replica_status, wait_for)
 from tests.support import workload
 
@@ -94,8 +95,17 @@ def tunnel_pillar(mariadb_servers, harness_root, sshds, **overrides):
 
 
 @pytest.fixture(scope="module")
+def argv_watch():
+    """Every process's argv and environ, sampled from before the setup to the module's last test."""
+    sampler = ProcSampler([PASSWORD, ADMIN_PASSWORD, SWITCH_PASSWORD])
+    sampler.start()
+    yield sampler
+    sampler.stop()
+
+
+@pytest.fixture(scope="module")
 def tunnelled(mariadb_servers, harness_root, write_pillar, salt_run_cli, salt_cli, salt_minions, sshds,
-              hosts_file_restored, tunnel_user_removed):
+              hosts_file_restored, tunnel_user_removed, argv_watch):
     """The topology brought up by the setup orchestration, through the tunnels."""
     pillar = tunnel_pillar(mariadb_servers, harness_root, sshds)
     write_pillar(pillar)
@@ -442,3 +452,45 @@ def test_no_private_key_or_password_in_any_salt_log(paired, harness_root):
         hits += [(str(path), n) for n in needles if n in data]
     assert scanned.count("minion.log") == 3 and "master.log" in scanned, scanned
     assert not hits, hits
+
+
+def test_a_tunnel_removed_from_pillar_is_stopped_and_its_replica_goes_direct(
+        paired, mariadb_servers, harness_root, write_pillar, salt_cli, salt_run_cli):
+    """Both ends' certificates lose the tunnel name: the orchestration re-issues them in order."""
+    db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
+    pillar = paired["pillar"]
+    del pillar["mysqlrepl"]["servers"]["db2"]["tunnels"]
+    write_pillar(pillar)
+    unit = harness_root / "units" / "mysqlrepl-tunnel-db2-db1.service"
+    assert unit.exists()
+    changes = changes_of(apply(salt_cli, test=True))
+    assert changes["db2"]["mysqlrepl-tunnels"] == {"db2": {
+        "service mysqlrepl-tunnel-db2-db1": "stopped, disabled, unit removed (no longer in pillar)"}}, changes
+    assert changes["db2"]["mysqlrepl-replication"]["db2"]["host"] == {
+        "old": tunnel_name("db1"), "new": db1.address}, changes
+    ret = salt_run_cli.run("state.orchestrate", "mysqlrepl.orch.setup")
+    failed = {k: v.get("comment") for k, v in orch_steps(ret).items() if v.get("result") is not True}
+    assert ret.returncode == 0 and not failed, failed
+    assert not unit.exists() and not autossh_pids_of(harness_root, "db2")
+    rs = replica_status(db2)
+    assert (rs["Master_Host"], rs["Master_Port"], rs["Slave_IO_Running"]) == (db1.address, db1.port, "Yes"), rs
+    assert rs["Master_SSL_Verify_Server_Cert"] == "Yes"
+    db1.query("INSERT INTO tun.t (v) VALUES ('direct again')")
+    assert db2.query("SELECT MASTER_GTID_WAIT(%s, 30) AS w", (gtid_of(db1),))[0]["w"] == 0
+    assert changes_of(apply(salt_cli)) == {"db1": {}, "db2": {}, "db3": {}}
+
+
+def gtid_of(srv):
+    return srv.query("SELECT @@gtid_binlog_pos AS p")[0]["p"]
+
+
+def autossh_pids_of(harness_root, near):
+    return [pid for pid in autossh_pids(harness_root)
+            if str(harness_root / "tunnel" / near / "") in open(f"/proc/{pid}/cmdline", "rb").read()
+            .replace(b"\0", b" ").decode(errors="replace")]
+
+
+def test_no_password_in_any_argv_or_environ_through_setup_tunnels_and_pair(paired, argv_watch):
+    """Runs after the pair's tests (file order): autossh, ssh, sshd, the seeds through the tunnels."""
+    assert argv_watch.is_alive() and argv_watch.samples > 100, argv_watch.samples
+    assert argv_watch.hits == [], argv_watch.hits[:5]

@@ -336,3 +336,14 @@ def test_a_seed_of_the_second_master_links_it_and_leaves_it_read_only():
     facts = pair_facts(read_only="ON", gtid_slave_pos="1-11-9", rs=None)
     out = rp.plan(PAIR_CFG, P2, facts, seeded=True, guard=None)
     assert kinds(out) == ["stop", "change_master", "password", "start"] and "read_only" not in out["changes"]
+
+
+def test_a_replica_whose_tunnel_left_pillar_is_repointed_to_its_master_directly():
+    db2 = CFG["servers"]["db2"]
+    rs = dict(live_link(db2), host="db1.production.mysqlrepl.internal", port=4406)
+    out = rp.plan(CFG, db2, replica_facts(rs=rs))
+    assert out["result"] is True and kinds(out) == ["stop", "change_master", "start"]
+    assert out["changes"]["host"] == {"old": "db1.production.mysqlrepl.internal", "new": "10.0.0.11"}
+    # another server's tunnel name is another server
+    out = rp.plan(CFG, db2, replica_facts(rs=dict(rs, host="db3.production.mysqlrepl.internal")))
+    assert out["result"] is False and "(db3) but pillar says the master is db1" in out["comment"]
