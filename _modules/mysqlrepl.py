@@ -637,6 +637,9 @@ def config_apply(server=None, test=False):
                         _run(conn, _sql("set_global")(key, set_value(want)))
                     except CommandExecutionError as exc:
                         raise CommandExecutionError(f"SET GLOBAL {key}: {exc}") from exc
+                if set(step[1]) & set(_SESSION_SETTINGS):
+                    # sessions older than this one keep the old values: remember where they end
+                    _write_session_mark(srv, conn)
                 if "rpl_semi_sync_slave_enabled" in step[1]:
                     # a running IO thread only picks the setting up when it reconnects
                     version = _version(conn)
@@ -979,6 +982,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
             writable, unknown = ([], []) if stale else _peers_read_only(
                 cfg, srv, rules("guarded_peers")(cfg, srv["name"]))
             guard = {"stale": stale, "writable": writable, "unknown": unknown}
+        if pair and (rs is None or facts["read_only"] != "OFF"):
+            facts["stale_sessions"] = _stale_sessions(cfg, srv, conn)
         if pair and rs is None:
             # rule 9: has the other master replicated from this one, and from where to start
             peer = rules("source_of")(cfg, srv["name"])
@@ -990,8 +995,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                 return {"result": False, "changes": {},
                         "comment": f"cannot read {peer}'s position to link {srv['name']} to it: {exc}"}
             facts["peer_replicates"] = _replica_connected(conn, version, cfg["servers"][peer]["server_id"])
-            facts["pair_position"] = rules("pair_position")(srv["gtid_domain_id"], facts.get("gtid_slave_pos"),
-                                                            peer_pos)
+            own = _variables(conn, ["gtid_current_pos"]).get("gtid_current_pos")
+            facts["pair_position"] = rules("pair_position")(srv["gtid_domain_id"], own, peer_pos)
         if srv["name"] != cfg["master"] or pair:
             parse = _u("mysqlrepl_switch.parse_gtid_list")
             own = [k for k in parse(facts.get("gtid_binlog_state")) if k[1] == srv["server_id"]]
@@ -1041,7 +1046,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                 _run(conn, _sql("set_gtid_slave_pos")(action[1]))
             elif kind == "await_replica":
                 if not _await_replica(conn, version, action[1], cfg["replication"]["wait_timeout"]):
-                    return {"result": False, "changes": ret["changes"],
+                    return {"result": False,
+                            "changes": {k: v for k, v in ret["changes"].items() if k != "read_only"},
                             "comment": (f"{srv['name']} stays read-only: the other master (server_id "
                                         f"{action[1]}) does not replicate from it after "
                                         f"{cfg['replication']['wait_timeout']} s; run the highstate there")}
@@ -1076,6 +1082,36 @@ def _await_replica(conn, version, server_id, timeout):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
+
+
+_SESSION_SETTINGS = ("auto_increment_increment", "auto_increment_offset", "gtid_domain_id")
+
+
+def _session_mark_path(srv):
+    return os.path.join(__opts__["cachedir"], "mysqlrepl", f"{srv['name']}.session-settings.json")
+
+
+def _write_session_mark(srv, conn):
+    mark = {"conn_id": int(_one(conn, _sql("CONNECTION_ID"))["id"]),
+            "started": float(_one(conn, _sql("SERVER_STARTED"))["started"])}
+    _write_file(_session_mark_path(srv), json.dumps(mark), mode=0o600)
+
+
+def _stale_sessions(cfg, srv, conn):
+    """Client sessions opened before the pair's settings were set live on this server (they
+    keep the old auto_increment_* / gtid_domain_id): ``["id user@host", ...]``."""
+    try:
+        mark = json.loads(_read(_session_mark_path(srv)) or "null")
+    except ValueError:
+        mark = None
+    if not mark:
+        return []  # never changed live: every session has the drop-in's values
+    started = float(_one(conn, _sql("SERVER_STARTED"))["started"])
+    if abs(started - float(mark.get("started", 0))) > 5:
+        return []  # restarted since: every session is newer
+    return [f"{r['id']} {r['user']}@{r['host']}"
+            for r in _run(conn, _sql("client_sessions_before")(
+                mark["conn_id"], (cfg["replication"]["user"], cfg["admin"]["user"])))]
 
 
 def _peers_read_only(cfg, srv, names):
@@ -1281,10 +1317,22 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
     if cfg["two_masters"] and srv["name"] in cfg["masters"]:
         conn = _connect(srv)
         with _u("mysqlrepl_db.closing")(conn):
-            if _variables(conn, ["read_only"])["read_only"] == "OFF":
+            facts = _variables(conn, ["read_only", "gtid_binlog_pos"])
+        if facts["read_only"] == "OFF":
+            raise CommandExecutionError(
+                f"{srv['name']} is a master of the pair and takes writes: seeding it would lose what "
+                f"{source} has not received yet; nothing changed")
+        # its own domain's transactions must all be on the other master, or the seed loses them
+        domain = srv["gtid_domain_id"]
+        parse = _u("mysqlrepl_switch.parse_gtid_list")
+        ours = ",".join(f"{d}-{s}-{n}" for (d, s), n in parse(facts["gtid_binlog_pos"]).items() if d == domain)
+        if ours:
+            peer_pos = _master_position(cfg, source, srv, connect_timeout=10, read_timeout=30)
+            if not _u("mysqlrepl_switch.position_reached")(peer_pos, ours):
                 raise CommandExecutionError(
-                    f"{srv['name']} is a master of the pair and takes writes: seeding it would lose what "
-                    f"{source} has not received yet; nothing changed")
+                    f"{srv['name']} wrote {ours} in its domain {domain} and {source} has only {peer_pos}: "
+                    f"seeding {srv['name']} would lose those transactions. Let {source} catch up (its link "
+                    f"from {srv['name']}), then seed; nothing changed")
     master = cfg["servers"][source]
     port = int(port or cfg["seed"]["port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
@@ -1970,10 +2018,22 @@ def _tunnel_user(cfg, test):
         # key logins of locked accounts
         __salt__["shadow.set_password"](user, "*")
         info = __salt__["user.info"](user)
-    elif info.get("shell") != _NOLOGIN:
-        change = f"{user}'s shell {info.get('shell')} -> {_NOLOGIN}"
-        if not test:
-            __salt__["user.chshell"](user, _NOLOGIN)
+    else:
+        fixes = []
+        if info.get("shell") != _NOLOGIN:
+            fixes.append(f"shell {info.get('shell')} -> {_NOLOGIN}")
+            if not test:
+                __salt__["user.chshell"](user, _NOLOGIN)
+        if info.get("home") != home:
+            # sshd reads ~/.ssh/authorized_keys: the home is where the formula writes it
+            fixes.append(f"home {info.get('home')} -> {home}")
+            if not test:
+                __salt__["user.chhome"](user, home)
+        if str((__salt__["shadow.info"](user) or {}).get("passwd", "")).startswith("!"):
+            fixes.append("password field locked (!) -> * (sshd without PAM refuses locked accounts)")
+            if not test:
+                __salt__["shadow.set_password"](user, "*")
+        change = f"{user}: " + "; ".join(fixes) if fixes else None
     return info.get("uid"), info.get("gid"), change
 
 
@@ -1992,9 +2052,12 @@ def _ensure_dir(path, mode, uid, gid, test, changes):
         return
     changes[path] = "missing" if st is None else "mode or owner differs"
     if not test:
-        os.makedirs(path, mode=mode, exist_ok=True)
-        os.chown(path, uid, gid)
-        os.chmod(path, mode)
+        try:
+            os.makedirs(path, mode=mode, exist_ok=True)
+            os.chown(path, uid, gid)
+            os.chmod(path, mode)
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot make {path} ({mode:04o}, owner {uid}:{gid}): {exc}") from exc
 
 
 def tunnel_keys():
@@ -2016,9 +2079,21 @@ def tunnel_keys():
         out.setdefault(t["near"], {})["client"] = (_read(_u("mysqlrepl_tunnel.paths")(cfg, t["near"])["pub"])
                                                    or "").strip() or None
     for t in mine["peer"]:
-        key = (_read(cfg["servers"][t["peer"]]["sshd"]["host_key_file"]) or "").strip()
-        out.setdefault(t["peer"], {})["host"] = key or None
+        out.setdefault(t["peer"], {})["host"] = _host_key(cfg, t["peer"])
     return {name: keys for name, keys in out.items() if name in local}
+
+
+def _host_key(cfg, name):
+    """Server ``name``'s sshd host key (public: anything else is refused, never published)."""
+    path = cfg["servers"][name]["sshd"]["host_key_file"]
+    text = (_read(path) or "").strip()
+    if not text:
+        return None
+    if _u("mysqlrepl_tunnel.parse_key")(text) is None:
+        raise CommandExecutionError(
+            f"{name}: {path} (sshd:host_key_file) is not a public key; it is never published. Point it "
+            "at the .pub file of the sshd host key")
+    return text
 
 
 def _published(cfg, servers):
@@ -2079,7 +2154,7 @@ def tunnel_key_apply(server=None, test=False):
                     _write_file(paths["pub"], public + "\n", mode=0o644, uid=0, gid=0)
     for t in mine["peer"]:
         path = cfg["servers"][t["peer"]]["sshd"]["host_key_file"]
-        if not _read(path):
+        if not _host_key(cfg, t["peer"]):
             raise CommandExecutionError(
                 f"{t['peer']}: no sshd host key at {path} (sshd:host_key_file): tunnel {t['id']} logs into "
                 "this host's sshd; install openssh-server or point sshd:host_key_file at its public key")
@@ -2202,21 +2277,22 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     stale = [] if side == "peer" else _stale_units(cfg, local, mine)
     for service in stale:
         changes[f"service {service}"] = "stopped, disabled, unit removed (no longer in pillar)"
-    if not mine["near"] and not mine["peer"]:
-        if stale and not test:
-            _remove_units(cfg, stale)
-        return {"result": None if stale and test else True, "changes": changes,
-                "comment": "stale tunnels removed" if stale else "no tunnel"}
-    uid, gid, change = _tunnel_user(cfg, test)
-    if change:
-        changes["user"] = change
+    uid = gid = None
+    if mine["near"] or mine["peer"]:
+        uid, gid, change = _tunnel_user(cfg, test)
+        if change:
+            changes["user"] = change
     want = {}
-    if side in ("peer", "both") and mine["peer"]:
+    if side in ("peer", "both"):
         home = cfg["tunnel"]["dir"]
         by_file = {}
-        for name in sorted({t["peer"] for t in mine["peer"]}):
+        peers = {t["peer"] for t in mine["peer"]}
+        for name in sorted(local):
             path = tun("authorized_keys_file")(cfg["servers"][name], home)
-            by_file.setdefault(path, []).append(name)
+            # a server no longer any tunnel's far side keeps its file, emptied of keys: a
+            # tunnel removed from pillar loses its access (only files the formula wrote)
+            if name in peers or (_read(path) or "").startswith("# Managed by Salt (mysqlrepl)"):
+                by_file.setdefault(path, []).append(name)
         nears = sorted({t["near"] for t in mine["peer"]})
         keys = {n: entry.get("client") for n, entry in _published(cfg, nears).items()}
         for path, peers in by_file.items():
@@ -2261,17 +2337,21 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
         elif service in services:
             changes[f"service {service}"] = f"{services[service]}ed" if services[service] == "restart" else "started"
     if waiting:
-        return {"result": False, "changes": {} if not test else changes,
-                "comment": "waiting for: " + "; ".join(waiting)}
+        return {"result": None if test else False, "changes": changes if test else {},
+                "comment": ("would wait for: " if test else "waiting for: ") + "; ".join(waiting)}
     if test:
         return {"result": None if changes else True, "changes": changes,
-                "comment": f"would change {len(changes)} item(s)" if changes else "tunnels as pillar says"}
+                "comment": f"would change {len(changes)} item(s)" if changes
+                else ("tunnels as pillar says" if mine["near"] or mine["peer"] else "no tunnel")}
     _remove_units(cfg, stale)
     for path in differs:
         w = want[path]
         _write_file(path, w["text"], mode=w["mode"], uid=w["uid"], gid=w["gid"])
     if hosts:
-        _hosts_add(hosts_file, hosts)
+        try:
+            _hosts_add(hosts_file, hosts)
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot add the tunnel names to {hosts_file}: {exc}") from exc
     for service, path in units.items():
         if not __salt__["service.enabled"](service):
             __salt__["service.enable"](service)
@@ -2282,6 +2362,7 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
         else:
             continue
         if not ok:
+            changes.pop(f"service {service}", None)
             return {"result": False, "changes": changes, "comment": f"service {service} did not start"}
     if wait and side != "peer":
         for t in mine["near"]:
@@ -2292,9 +2373,23 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
                                     f"{cfg['servers'][t['peer']]['sshd']['host']}:"
                                     f"{cfg['servers'][t['peer']]['sshd']['port']} and its log)")}
             notes.append(f"{t['id']} up")
+    quiet = "tunnels as pillar says" if mine["near"] or mine["peer"] else "no tunnel"
     return {"result": True, "changes": changes,
-            "comment": (", ".join(notes) or "tunnels as pillar says") if not changes
+            "comment": (", ".join(notes) or quiet) if not changes
             else f"{len(changes)} item(s) changed" + (f"; {', '.join(notes)}" if notes else "")}
+
+
+def _forward_reaches_server(port, timeout=2.0):
+    """Does 127.0.0.1:``port`` lead to a database server? (MySQL/MariaDB speak first: a
+    forward whose far end refuses closes at once, one that works sends the greeting.)"""
+    import socket  # pylint: disable=import-outside-toplevel
+
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return bool(sock.recv(4))
+    except OSError:
+        return False
 
 
 def _processes():
@@ -2341,8 +2436,10 @@ def tunnel_status(server=None):
     for t in mine["near"] + mine["peer"]:
         name = t["near"] if t in mine["near"] else t["peer"]
         near_side = name == t["near"]
-        ports = (t["port"], t["seed_port"]) if near_side else (t["peer_port"], t["peer_seed_port"])
-        answers = {p: _forward_answers(p, 0) for p in ports}
+        db_port, seed_port = (t["port"], t["seed_port"]) if near_side else (t["peer_port"], t["peer_seed_port"])
+        # the database forward must reach a server (its greeting); the seed forward only listens
+        # (nothing listens behind it between seeds)
+        answers = {db_port: _forward_reaches_server(db_port), seed_port: _forward_answers(seed_port, 0)}
         found = tun("find_processes")(procs, cfg, t) if near_side else {}
         out.append(tun("state")(cfg, t, name, found, answers))
     return out

@@ -84,6 +84,10 @@ def ext_pillar(minion_id, pillar, hosts_key="infra:hosts_entries:masterdb", **kw
         return {"mysqlrepl": {"switching": {"from": None, "to": None, "jid": None,
                                             "since": None, "phase": f"record unreadable: {exc}"}}}
     out = {}
+    if (pillar.get("mysqlrepl") or {}).get("masters"):
+        # a two-master pair has no master of record: a record left from its one-master
+        # past must not turn it back into one (nor make its pillar invalid)
+        return {}
     if "mysqlrepl" in pillar and record.get("master"):
         out["mysqlrepl"] = {"master": record["master"],
                             "record": {k: record.get(k) for k in ("previous", "since", "jid")}}

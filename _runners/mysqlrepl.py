@@ -313,8 +313,8 @@ def _pair_refusal(cfg, what):
     a, b = cfg["masters"]
     return (f"topology {cfg['topology']} is a two-master pair ({a} and {b} both take writes): there is no "
             f"single master to {what}. To take {a} out of service, point its apps at {b} and stop writing "
-            f"to {a}; to run one master again, replace mysqlrepl:masters with mysqlrepl:master: {b} "
-            f"(and make {a} read-only), then run the highstate. Nothing changed")
+            f"to {a}. Turning a pair back into one master is not automated yet (README, \"Two-master "
+            "pairs\"). Nothing changed")
 
 
 def _seed(cfg, replica, force, timeout, ret):

@@ -272,7 +272,7 @@ def tunnels_ready(name="local", side="both", wait=True):
     user, ``authorized_keys`` lines that allow forwarding to and from the tunnel's ports
     and nothing else); ``near``: the side that opens them (pinned known_hosts, the
     autossh service unit, enabled and running, its forward answering); ``both``.
-    Waits (fails, saying for what) while a key it needs is not in the mine.
+    Fails, saying which key it needs, while one is not in the mine yet (test=True: None).
     """
     def apply(server):
         res = __salt__["mysqlrepl.tunnel_apply"](server, test=__opts__["test"], side=side, wait=wait)

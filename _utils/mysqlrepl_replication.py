@@ -36,6 +36,9 @@ unit-tested in ``tests/unit/test_replication_plan.py``):
 8. Otherwise the link is made to match pillar, only what differs is changed;
    enabled events are set DISABLE ON SLAVE; the password is sent (in a
    statement of its own) only when the link does not hold it yet.
+   Before a master of a pair links to the other or is made writable for the first
+   time, no client session may predate its pair settings (a session keeps the
+   auto_increment_* and gtid_domain_id it connected with): refused, naming them.
 9. A master of a pair without a link (the one the other was seeded from) links
    to the other master only once that one replicates from it (connected to
    this one as a replica); it starts at
@@ -87,12 +90,13 @@ def desired_link(cfg, srv, source=None):
     }
 
 
-def pair_position(own_domain, own_slave_pos, peer_binlog_pos):
+def pair_position(own_domain, own_current_pos, peer_binlog_pos):
     """
     Rule 9: where a master of a pair starts replicating from the other master.
     Its own domain from the other's binlog position (its own transactions the
-    other has; they come back and are skipped, same server_id), the other domains
-    from its own slave position. GTID lists as MariaDB writes them.
+    other has; they come back and are skipped, same server_id), every other
+    domain from what it has already (``@@gtid_current_pos``: applied or written
+    here). GTID lists as MariaDB writes them.
     """
     def parse(text):
         out = {}
@@ -102,7 +106,7 @@ def pair_position(own_domain, own_slave_pos, peer_binlog_pos):
                 out[int(part.split("-")[0])] = part
         return out
 
-    pos = {d: g for d, g in parse(own_slave_pos).items() if d != int(own_domain)}
+    pos = {d: g for d, g in parse(own_current_pos).items() if d != int(own_domain)}
     peer = parse(peer_binlog_pos)
     if int(own_domain) in peer:
         pos[int(own_domain)] = peer[int(own_domain)]
@@ -359,7 +363,20 @@ def _pair_plan(cfg, srv, facts, test, seeded, guard):
     rs = facts.get("rs")
     want = desired_link(cfg, srv, peer)
     position = None
+    stale = facts.get("stale_sessions") or []
+    if stale and not seeded and (rs is None or facts["read_only"] != "OFF"):
+        return _refuse(f"{name} has {len(stale)} client session(s) opened before its pair settings "
+                       "(auto_increment_increment/offset, gtid_domain_id) were set live: "
+                       f"{', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}. A session keeps the "
+                       "values it connected with, so they would write keys that collide with the other "
+                       "master's: recycle the apps' connection pools (or KILL them), then run the highstate; "
+                       "nothing changed")
     if rs is None and not seeded:
+        if name != cfg["masters"][0] and facts["read_only"] == "OFF":
+            return _refuse(f"{name} takes writes and replicates from nobody, but masters lists {peer} "
+                           f"first: the pair's first master is the one the other is seeded from. Put {name} "
+                           "first in mysqlrepl:masters (or make it read-only if it should follow); nothing "
+                           "changed")
         if name != cfg["masters"][0] and not facts.get("gtid_slave_pos"):
             return _refuse(_never_seeded(name, peer))
         if not facts.get("peer_replicates"):

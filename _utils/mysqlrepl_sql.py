@@ -473,6 +473,24 @@ APP_SESSIONS = (
 )
 
 SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
+
+# a two-master pair's session-level settings: a session keeps the auto_increment_* and
+# gtid_domain_id it connected with, so sessions older than the live change would write
+# colliding keys (MariaDB's performance_schema has no variables_by_thread to read them)
+CONNECTION_ID = ("SELECT CONNECTION_ID() AS id", None)
+SERVER_STARTED = ("SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE AS started FROM information_schema.GLOBAL_STATUS "
+                  "WHERE VARIABLE_NAME = 'UPTIME'", None)
+
+
+def client_sessions_before(conn_id, skip_users=()):
+    """Client sessions opened before connection ``conn_id``: not replication or daemon
+    threads, nor ``skip_users`` (mysqlrepl's own accounts, which write no rows)."""
+    skip = ("system user", "event_scheduler") + tuple(skip_users)
+    marks = ", ".join(["%s"] * len(skip))
+    return ("SELECT ID AS id, USER AS user, HOST AS host FROM information_schema.PROCESSLIST "
+            "WHERE ID < %s AND ID <> CONNECTION_ID() AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', "
+            f"'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') AND USER NOT IN ({marks}) ORDER BY ID",
+            (int(conn_id),) + skip)
 # this connection's session id (what KILL CONNECTION and the process list name it by)
 SESSION_ID = ("SELECT CONNECTION_ID() AS id", None)
 SHOW_BINARY_LOGS = ("SHOW BINARY LOGS", None)

@@ -190,9 +190,7 @@ def unit(cfg, t):
         "Restart=always",
         "RestartSec=5",
         "NoNewPrivileges=yes",
-        "PrivateTmp=yes",
         "ProtectSystem=strict",
-        "ProtectHome=yes",
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -303,9 +301,10 @@ def state(cfg, t, server, found, answers):
     """
     One tunnel as ``mysqlrepl.status`` shows it, seen from ``server``'s host
     (``near`` or ``peer``): ``found`` from :func:`find_processes` (near side only),
-    ``answers`` ``{port: True/False}`` from trying the forwards this host listens
-    on. ``up`` when the forward to the other end's database answers (and, on the
-    near side, ssh runs under autossh).
+    ``answers`` ``{port: True/False}``: for the database forward, whether a server
+    greeted through it; for the seed forward, whether it listens (nothing is
+    behind it between seeds). ``up`` when the database forward reaches the other
+    end's server (and, on the near side, ssh runs under autossh).
     """
     near_side = server == t["near"]
     other = t["peer"] if near_side else t["near"]
@@ -318,7 +317,7 @@ def state(cfg, t, server, found, answers):
         "service": t["service"] if near_side else None,
         "forward": f"{LOOPBACK}:{db_port} -> {other} database",
         "forward_answers": bool(answers.get(db_port)),
-        "seed_forward_answers": bool(answers.get(seed_port)),
+        "seed_forward_listens": bool(answers.get(seed_port)),
     }
     if near_side:
         a, s = found.get("autossh"), found.get("ssh")

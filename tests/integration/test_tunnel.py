@@ -47,10 +47,18 @@ def tunnel_name(server):
 
 @pytest.fixture(scope="module")
 def hosts_file_restored():
-    """The formula adds tunnel names to /etc/hosts (what the servers resolve): put it back."""
-    before = pathlib.Path("/etc/hosts").read_bytes()
+    """The formula adds tunnel names to /etc/hosts (what the servers resolve): remove this
+    session's lines only (another session may have written its own meanwhile)."""
     yield
-    pathlib.Path("/etc/hosts").write_bytes(before)
+    hosts = pathlib.Path("/etc/hosts")
+    text = hosts.read_text()
+    kept = "".join(line for line in text.splitlines(keepends=True)
+                   if not (f".{TOPOLOGY}.mysqlrepl.internal" in line and "# mysqlrepl tunnel" in line))
+    if kept != text:
+        tmp = hosts.with_name(".hosts.test-tunnel.tmp")
+        tmp.write_text(kept)
+        os.chmod(tmp, hosts.stat().st_mode & 0o7777)
+        os.replace(tmp, hosts)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +184,7 @@ def test_status_shows_each_tunnel_up_with_its_processes(tunnelled, salt_cli):
     by = ret.data
     near = {t["tunnel"]: t for t in by["db2"] if t["side"] == "near"}
     t = near["db2-db1"]
-    assert t["up"] and t["forward_answers"] and t["seed_forward_answers"], t
+    assert t["up"] and t["forward_answers"] and t["seed_forward_listens"], t
     assert t["autossh_pid"] and t["ssh_pid"] and t["last_restart"], t
     sides = {(t["tunnel"], t["side"]): t["up"] for m in ("db1", "db3") for t in by[m]}
     assert sides == {("db2-db1", "peer"): True, ("db1-db3", "near"): True, ("db1-db3", "peer"): True}
@@ -221,14 +229,27 @@ def _restart_io(server):
     server.query("START SLAVE IO_THREAD")
 
 
+def _relay(port, target):
+    return subprocess.Popen(  # pylint: disable=consider-using-with
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"TCP:{target.address}:{target.port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_a_tunnel_pointed_at_another_server_of_the_same_ca_is_refused(tunnelled, salt_cli, mariadb_servers):
-    """db2's forward answered by db3 (same CA, its own certificate): the IO thread refuses it."""
-    db2, db3 = mariadb_servers["db2"], mariadb_servers["db3"]
+    """db2's forward answered by db3 (same CA, its own certificate): the IO thread refuses it.
+    Control: the same relay to db1 (the right certificate) is accepted."""
+    db1, db2, db3 = mariadb_servers["db1"], mariadb_servers["db2"], mariadb_servers["db3"]
     salt_cli.run("service.stop", "mysqlrepl-tunnel-db2-db1", minion_tgt="db2")
-    relay = subprocess.Popen(  # pylint: disable=consider-using-with
-        ["socat", f"TCP-LISTEN:{DB2_TUNNEL['port']},bind=127.0.0.1,reuseaddr,fork",
-         f"TCP:{db3.address}:{db3.port}"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    relay = _relay(DB2_TUNNEL["port"], db1)
+    try:
+        wait_for(lambda: _answers(DB2_TUNNEL["port"]), timeout=10, what="the relay")
+        _restart_io(db2)
+        wait_for(lambda: replica_status(db2)["Slave_IO_Running"] == "Yes", timeout=30,
+                 what="db2's IO thread through a relay to db1 (the control)")
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    relay = _relay(DB2_TUNNEL["port"], db3)
     try:
         wait_for(lambda: _answers(DB2_TUNNEL["port"]), timeout=10, what="the relay")
         _restart_io(db2)
@@ -236,7 +257,6 @@ def test_a_tunnel_pointed_at_another_server_of_the_same_ca_is_refused(tunnelled,
                       timeout=30, what="db2's IO thread to fail")
         assert rs["Slave_IO_Running"] != "Yes"
         assert rs["Last_IO_Errno"] == 2026, rs["Last_IO_Error"]  # SSL connection error
-        assert "certificate" in rs["Last_IO_Error"].lower() or "ssl" in rs["Last_IO_Error"].lower()
         # nothing of db3 was applied on db2
         assert rs["Slave_SQL_Running"] == "Yes"
     finally:
@@ -300,12 +320,18 @@ def _ssh(harness_root, sshds, *args, timeout=15):
 
 
 def test_the_tunnel_user_gets_no_shell_and_runs_no_command(tunnelled, harness_root, sshds):
+    """Logged in (the key is accepted), the forced command runs through nologin: exit 1."""
     for extra in ([], ["-tt"]):
         argv = _ssh(harness_root, sshds, *extra)
         ret = subprocess.run(argv + ["id; echo SHELL-RAN"], capture_output=True, text=True, timeout=30,
                              stdin=subprocess.DEVNULL, check=False)
-        assert ret.returncode != 0, ret
-        assert "uid=" not in ret.stdout and "SHELL-RAN" not in ret.stdout, ret
+        out = ret.stdout + ret.stderr
+        assert "uid=" not in out and "SHELL-RAN" not in out, ret
+        if extra:  # no pty: the session ends there
+            assert ret.returncode == 255 and "PTY allocation request failed" in ret.stderr, ret
+        else:
+            assert ret.returncode == 1 and "This account is currently not available" in out, ret
+    assert "Accepted publickey for mysqlrepl-tunnel" in sshds["db1"].log_text()
 
 
 @pytest.mark.parametrize("target", ["another port", "another address"])
@@ -371,9 +397,21 @@ def paired(tunnelled, mariadb_servers, harness_root, sshds, write_pillar, salt_c
     top = pillar["mysqlrepl"]
     del top["master"]
     top["masters"] = ["db1", "db3"]
+    # an app session on db1 from before the conversion keeps auto_increment_increment 1
+    old_session = mariadb_servers["db1"].connect()
     write_pillar(pillar)
+    first = apply(salt_cli)
+    old_session.close()
     ret = apply(salt_cli)
-    return {"pillar": pillar, "ret": ret}
+    return {"pillar": pillar, "ret": ret, "first": first, "old_session": old_session}
+
+
+def test_a_session_older_than_the_pair_settings_holds_the_conversion_back(paired):
+    """The highstate with the old session open: db1 refuses to link (naming it), db3 stays read-only."""
+    bad = all_ok(paired["first"])
+    db1 = dict(bad.get("db1") or [])
+    assert "client session(s) opened before its pair settings" in db1.get("mysqlrepl-replication", ""), bad
+    assert "db3" in bad, bad  # waits for db1, which does not link
 
 
 def test_a_highstate_turns_the_tunnel_ends_into_a_two_master_pair(paired, mariadb_servers):
@@ -455,7 +493,7 @@ def test_no_private_key_or_password_in_any_salt_log(paired, harness_root):
 
 
 def test_a_tunnel_removed_from_pillar_is_stopped_and_its_replica_goes_direct(
-        paired, mariadb_servers, harness_root, write_pillar, salt_cli, salt_run_cli):
+        paired, mariadb_servers, harness_root, write_pillar, salt_cli, salt_run_cli, sshds):
     """Both ends' certificates lose the tunnel name: the orchestration re-issues them in order."""
     db1, db2 = mariadb_servers["db1"], mariadb_servers["db2"]
     pillar = paired["pillar"]
@@ -472,6 +510,9 @@ def test_a_tunnel_removed_from_pillar_is_stopped_and_its_replica_goes_direct(
     failed = {k: v.get("comment") for k, v in orch_steps(ret).items() if v.get("result") is not True}
     assert ret.returncode == 0 and not failed, failed
     assert not unit.exists() and not autossh_pids_of(harness_root, "db2")
+    # db1 is no far side any more: its authorized_keys holds no key
+    keys = [ln for ln in sshds["db1"].authorized_keys.read_text().splitlines() if not ln.startswith("#")]
+    assert keys == [], keys
     rs = replica_status(db2)
     assert (rs["Master_Host"], rs["Master_Port"], rs["Slave_IO_Running"]) == (db1.address, db1.port, "Yes"), rs
     assert rs["Master_SSL_Verify_Server_Cert"] == "Yes"

@@ -270,7 +270,8 @@ def test_the_first_master_waits_until_the_second_replicates_from_it():
 
 
 def test_the_second_master_is_seeded_first():
-    out = rp.plan(PAIR_CFG, P2, pair_facts(gtid_slave_pos="", peer_replicates=False), guard=OK_GUARD)
+    out = rp.plan(PAIR_CFG, P2, pair_facts(read_only="ON", gtid_slave_pos="", peer_replicates=False),
+                  guard=OK_GUARD)
     assert out["result"] is False and out["actions"] == [] and "never been seeded from db1" in out["comment"]
 
 
@@ -305,13 +306,20 @@ def test_a_replica_of_the_second_master_links_to_it_read_only():
     assert out["actions"][1][1]["want"]["host"] == "10.0.0.12"
 
 
-@pytest.mark.parametrize("own_slave, peer_binlog, want", [
-    ("", "1-11-7,2-12-3", "1-11-7"),               # own domain from the other's binlog only
-    ("2-12-1,5-50-9", "1-11-7,2-12-3", "1-11-7,2-12-1,5-50-9"),  # the others from its own slave pos
-    ("1-11-2", "2-12-3", ""),                      # the other has none of ours: from its start
+@pytest.mark.parametrize("domain, own_current, peer_binlog, want", [
+    (1, "", "1-11-7,2-12-3", "1-11-7"),               # own domain from the other's binlog only
+    (1, "2-12-1,5-50-9", "1-11-7,2-12-3", "1-11-7,2-12-1,5-50-9"),  # the others from what it has
+    (1, "1-11-2", "2-12-3", ""),                      # the other has none of ours: from its start
+    (5, "0-11-900,5-15-40", "0-11-900,1-12-3,5-15-38", "0-11-900,5-15-38"),  # own domain 5, not 0
 ])
-def test_pair_position(own_slave, peer_binlog, want):
-    assert rp.pair_position(1, own_slave, peer_binlog) == want
+def test_pair_position(domain, own_current, peer_binlog, want):
+    assert rp.pair_position(domain, own_current, peer_binlog) == want
+
+
+def test_the_second_master_listed_first_while_the_other_takes_writes_is_refused():
+    facts = pair_facts(read_only="OFF", gtid_slave_pos="")
+    out = rp.plan(PAIR_CFG, P2, facts, guard=OK_GUARD)
+    assert out["result"] is False and out["actions"] == [] and "Put db2 first in mysqlrepl:masters" in out["comment"]
 
 
 def test_a_replica_behind_a_tunnel_links_to_its_masters_tunnel_name():
@@ -347,3 +355,17 @@ def test_a_replica_whose_tunnel_left_pillar_is_repointed_to_its_master_directly(
     # another server's tunnel name is another server
     out = rp.plan(CFG, db2, replica_facts(rs=dict(rs, host="db3.production.mysqlrepl.internal")))
     assert out["result"] is False and "(db3) but pillar says the master is db1" in out["comment"]
+
+
+def test_sessions_older_than_the_pair_settings_hold_the_pair_back():
+    stale = ["42 app@10.0.0.50", "43 app@10.0.0.50"]
+    for name, facts in (("db1", pair_facts(stale_sessions=stale)),  # the first master, before linking
+                        ("db2", pair_facts(rs=pair_link(P2, "db1"), read_only="ON", gtid_slave_pos="1-11-9",
+                                           stale_sessions=stale))):  # the second, before writable
+        out = rp.plan(PAIR_CFG, PAIR_CFG["servers"][name], facts, guard=OK_GUARD)
+        assert out["result"] is False and out["actions"] == [], name
+        assert "2 client session(s) opened before" in out["comment"] and "42 app@10.0.0.50" in out["comment"]
+    # a running pair is not held back by them (its sessions were checked when it came up)
+    out = rp.plan(PAIR_CFG, P2, pair_facts(rs=pair_link(P2, "db1"), gtid_slave_pos="1-11-9",
+                                           stale_sessions=stale))
+    assert out["result"] is True and out["actions"] == []
