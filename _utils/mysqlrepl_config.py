@@ -678,6 +678,9 @@ def _port_clashes(cfg, tunnels):
             taken[(srv["minion"], srv["port"])] = f"{name}'s database port"
         if srv["address"] == "127.0.0.1":
             taken.setdefault((srv["minion"], cfg["seed"]["port"]), f"{name}'s seed listener")
+    for name in sorted({t["peer"] for t in tunnels}):
+        srv = servers[name]  # its host's sshd (assumed to listen on every address)
+        taken.setdefault((srv["minion"], srv["sshd"]["port"]), f"{name}'s sshd port")
     for t in tunnels:
         near, peer = servers[t["near"]]["minion"], servers[t["peer"]]["minion"]
         for minion, key, what in ((near, "port", f"{t['peer']}'s database"),

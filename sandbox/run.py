@@ -731,7 +731,9 @@ def cmd_up(args):
     fd = os.open(sls, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(pillar_text(servers, root, password, seed_port,
-                             tunnel_pillar(root, sshds, args.port + 11000) if args.tunnels else None))
+                             # forwarded ports apart for each --first-octet (one machine)
+                             tunnel_pillar(root, sshds, args.port + 11000 + (args.first_octet - 11) * 40)
+                             if args.tunnels else None))
 
     with Step("start salt-master and salt-minions db1, db2, db3"):
         srv_tree = make_state_tree(root)
@@ -1081,7 +1083,8 @@ def main(argv=None):
                     help="mysqlrepl:seed:port (default: --port + 1138, i.e. 4444 for 3306)")
     up.add_argument("--tunnels", action="store_true",
                     help="seeds 000 and 001: db2 behind an ssh -L tunnel, db1 + db3 a two-master pair over "
-                         "an ssh -R tunnel (forwarded ports from --port + 11000), instead of the switchover")
+                         "an ssh -R tunnel (forwarded ports from --port + 11000 + 40 x (--first-octet - 11)), "
+                         "instead of the switchover")
     sub.add_parser("status", help="daemons and `salt 'db*' mysqlrepl.status`")
     sub.add_parser("down", help="stop everything by PID and remove the runtime dir")
     args = parser.parse_args(argv)

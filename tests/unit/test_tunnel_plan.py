@@ -297,3 +297,9 @@ def test_hosts_lines_are_added_once_and_nothing_else_changes():
     assert tn.hosts_with(new, names) == new
     assert tn.hosts_with("127.0.0.1 localhost", ["a.b"]) == "127.0.0.1 localhost\n127.0.0.1\ta.b\t# mysqlrepl tunnel\n"
     assert tn.hosts_missing("10.0.0.1 a.b\n", ["a.b"]) == ["a.b"]
+
+
+def test_a_forward_on_the_peers_sshd_port_is_refused():
+    text = err(servers__db3__tunnels=[{"peer": "db1", "port": 4406, "peer_port": 2345}])
+    assert text == ("mysqlrepl:servers:db3:tunnels:0:peer_port: port 2345 on 127.0.0.1 of db1 is already "
+                    "db1's sshd port")
