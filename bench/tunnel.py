@@ -290,6 +290,7 @@ def main(argv=None):
         user_existed = False
     topo = Topology(root)
     pids = {}
+    last = None
     try:
         t = time.monotonic()
         topo.start()
@@ -327,13 +328,20 @@ def main(argv=None):
         d, tn = p50(direct), p50(tunnel)
         log(f"# targets: ratio {tn / d:.2f} {'>=' if tn / d >= 0.8 else '<'} 0.8; "
             f"reconnect {p50(backs):.2f} s {'<=' if p50(backs) <= 10 else '>'} 10 s")
-        log(f"tunnel direct_rows_s={d:.0f} tunnel_rows_s={tn:.0f} ratio={tn / d:.2f} "
-            f"lag_p50_ms={p50(lags['db3']):.2f} reconnect_s={p50(backs):.2f}")
+        last = (f"tunnel direct_rows_s={d:.0f} tunnel_rows_s={tn:.0f} ratio={tn / d:.2f} "
+                f"lag_p50_ms={p50(lags['db3']):.2f} reconnect_s={p50(backs):.2f}")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if pids:
             sb.stop_pids([(pid, what) for what, pid in pids.items()])
+        # autossh first (it would start ssh again), by PID: its argv names the runtime dir
+        for pid, _ppid, argv in _processes():
+            if argv and argv[0].endswith("autossh") and any(str(root) in a for a in argv):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         if topo.sshd is not None:
             topo.sshd.stop()
         if topo.servers:
@@ -350,6 +358,8 @@ def main(argv=None):
             mariadb.remove_tree(root)
         else:
             log(f"# kept {root}")
+    # the figures last, after whatever the cleanup printed
+    log(last)
 
 
 if __name__ == "__main__":
