@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what mysqlrepl's sandbox and tests need on a Debian 12 machine, as root:
 #   MariaDB server, client and mariadb-backup, socat (the seed bench's raw baseline), python3-venv,
-#   and .venv (python3 -m venv) with requirements.txt.
+#   openssh-server and autossh (the SSH tunnels' tests, bench and sandbox run a plain sshd and
+#   autossh; no sshd service is started), and .venv (python3 -m venv) with requirements.txt.
 # Safe to run again: apt-get and pip skip what is already there, an existing
 # working .venv is kept.
 #
@@ -12,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 REPO=$(pwd)
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup socat python3 python3-venv)
+APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup socat openssh-server openssh-client autossh
+              python3 python3-venv)
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -67,7 +69,7 @@ else
     cleanup
     OUR_POLICY=
 fi
-for tool in mariadbd mariadb-install-db mariadb mariadb-backup mbstream mariadb-dump socat; do
+for tool in mariadbd mariadb-install-db mariadb mariadb-backup mbstream mariadb-dump socat sshd ssh ssh-keygen autossh; do
     if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$tool" ]; then
         echo "setup.sh: $tool not found after installing the MariaDB packages" >&2
         exit 1
