@@ -2167,6 +2167,36 @@ def tunnel_key_apply(server=None, test=False):
     return changes
 
 
+def _sshd_dropin_apply(cfg, path, text, sshd):
+    """Write the tunnel user's sshd settings, have sshd check its whole config, reload it;
+    a config sshd refuses is put back as it was (the running sshd was never told)."""
+    old = _read(path)
+    _write_file(path, text, mode=0o644, uid=0, gid=0)
+    check = __salt__["cmd.run_all"]([sshd["sshd"], "-t", "-f", sshd["config_file"]], python_shell=False)
+    if check["retcode"] != 0:
+        if old is None:
+            os.remove(path)
+        else:
+            _write_file(path, old, mode=0o644, uid=0, gid=0)
+        raise CommandExecutionError(f"sshd refuses its config with {path} ({sshd['sshd']} -t -f "
+                                    f"{sshd['config_file']}): {check['stderr'] or check['stdout']}; put back")
+    if not __salt__["service.reload"](sshd["service"]):
+        raise CommandExecutionError(f"service.reload {sshd['service']} failed after writing {path}")
+
+
+def _sshd_effective_check(cfg, path, sshd, tunnels):
+    """sshd must apply the drop-in to the tunnel user (its config Includes the directory)."""
+    user = cfg["tunnel"]["user"]
+    ret = __salt__["cmd.run_all"]([sshd["sshd"], "-T", "-f", sshd["config_file"],
+                                   "-C", f"user={user},host=localhost,addr=127.0.0.1"], python_shell=False)
+    ok, seen = _u("mysqlrepl_tunnel.sshd_effective_ok")(ret["stdout"], tunnels)
+    if ret["retcode"] != 0 or not ok:
+        raise CommandExecutionError(
+            f"sshd ({sshd['config_file']}) does not apply {path} to {user} (it shows {seen}): its config "
+            f"must Include {sshd['config_dir']}/*.conf before any Match block (Debian's does); "
+            f"{ret['stderr'].strip()}")
+
+
 def _stale_units(cfg, local, mine):
     """Services of tunnels this minion's servers opened (units the formula wrote for this
     topology) that pillar no longer has."""
@@ -2302,6 +2332,16 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
             if uid is not None:
                 _ensure_dir(os.path.dirname(path), 0o755, 0, 0, test, changes)
             want[path] = {"text": text, "mode": 0o644, "uid": 0, "gid": 0}
+    # the far sshd's settings for the tunnel user: it must drop a dead client (ClientAlive*)
+    dropins = {}
+    if side in ("peer", "both"):
+        for name in sorted({t["peer"] for t in mine["peer"]}):
+            sshd = cfg["servers"][name]["sshd"]
+            path = tun("sshd_dropin_path")(sshd)
+            here = [t for t in mine["peer"]
+                    if tun("sshd_dropin_path")(cfg["servers"][t["peer"]]["sshd"]) == path]
+            want[path] = {"text": tun("sshd_dropin")(cfg, here), "mode": 0o644, "uid": 0, "gid": 0}
+            dropins[path] = (sshd, here)
     units = {}
     if side in ("near", "both") and mine["near"]:
         for near in sorted({t["near"] for t in mine["near"]}):
@@ -2346,7 +2386,12 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     _remove_units(cfg, stale)
     for path in differs:
         w = want[path]
+        if path in dropins:
+            _sshd_dropin_apply(cfg, path, w["text"], dropins[path][0])
+            continue
         _write_file(path, w["text"], mode=w["mode"], uid=w["uid"], gid=w["gid"])
+    for path, (sshd, here) in dropins.items():
+        _sshd_effective_check(cfg, path, sshd, here)
     if hosts:
         try:
             _hosts_add(hosts_file, hosts)

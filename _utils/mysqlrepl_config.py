@@ -49,7 +49,11 @@ SERVER_DEFAULTS = {
     "settings": {},
     # this host's sshd, for tunnels whose far side it is (host: default the server's address)
     "sshd": {"host": None, "port": 22, "host_key_file": "/etc/ssh/ssh_host_ed25519_key.pub",
-             "authorized_keys_file": None},
+             "authorized_keys_file": None,
+             # the tunnel user's sshd settings (ClientAlive*: a dead client's -R ports are freed)
+             # go to <config_dir>/60-mysqlrepl-tunnel.conf; sshd reloaded through <service>
+             "config_file": "/etc/ssh/sshd_config", "config_dir": "/etc/ssh/sshd_config.d",
+             "service": "ssh", "sshd": "/usr/sbin/sshd"},
 }
 
 DEFAULTS = {
@@ -165,7 +169,8 @@ _TUNNEL_ENTRY = {
     "alive_interval": (int, False), "alive_count": (int, False),
 }
 _SSHD = {"host": (str, False), "port": (int, False), "host_key_file": (str, False),
-         "authorized_keys_file": (str, False)}
+         "authorized_keys_file": (str, False), "config_file": (str, False), "config_dir": (str, False),
+         "service": (str, False), "sshd": (str, False)}
 _ADMIN = {"user": (str, False), "host": (str, False), "password": (str, False)}
 _SWITCH = {
     "lock_budget": (int, False), "catchup_timeout": ((int, float), False),

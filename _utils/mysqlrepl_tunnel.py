@@ -411,3 +411,46 @@ def hosts_with(text, names):
     if out and not out.endswith("\n"):
         out += "\n"
     return out + "".join(f"{LOOPBACK}\t{name}\t{HOSTS_MARK}\n" for name in missing)
+
+
+SSHD_DROPIN = "60-mysqlrepl-tunnel.conf"
+
+
+def sshd_dropin_path(sshd):
+    """Where the tunnel user's sshd settings go for a server's ``sshd`` block."""
+    return f"{sshd['config_dir'].rstrip('/')}/{SSHD_DROPIN}"
+
+
+def sshd_dropin(cfg, peer_tunnels):
+    """
+    The far side's sshd settings for the tunnel user (a ``Match User`` block): sshd checks
+    that a silent client is alive every ``alive_interval`` s and drops it after
+    ``alive_count`` misses (the smallest of the tunnels that log in here), so a dead
+    client's ``-R`` ports are freed for the next connection; TCP forwarding on, nothing
+    else (no pty, X11, agent forwarding, tunnel devices).
+    """
+    interval = min(t["alive_interval"] for t in peer_tunnels)
+    count = min(t["alive_count"] for t in peer_tunnels)
+    return "\n".join([
+        "# Managed by Salt (mysqlrepl): the SSH tunnels' user; do not edit.",
+        f"Match User {cfg['tunnel']['user']}",
+        f"    ClientAliveInterval {interval}",
+        f"    ClientAliveCountMax {count}",
+        "    AllowTcpForwarding yes",
+        "    PermitTTY no",
+        "    X11Forwarding no",
+        "    AllowAgentForwarding no",
+        "    PermitTunnel no",
+        "",
+    ])
+
+
+def sshd_effective_ok(sshd_t_output, peer_tunnels):
+    """Does ``sshd -T -C user=<tunnel user>,...`` show the drop-in's ClientAlive* (sshd reads it)?"""
+    have = {}
+    for line in (sshd_t_output or "").splitlines():
+        key, _, value = line.strip().partition(" ")
+        have[key.lower()] = value.strip()
+    want = {"clientaliveinterval": str(min(t["alive_interval"] for t in peer_tunnels)),
+            "clientalivecountmax": str(min(t["alive_count"] for t in peer_tunnels))}
+    return all(have.get(k) == v for k, v in want.items()), {k: have.get(k) for k in want}

@@ -100,7 +100,8 @@ class Topology:
         for name in ("db2", "db3"):
             self.servers[name].write_service_json(self.root / "svc" / "tb-r")
         db1 = self.servers["db1"]
-        self.sshd = SSHD("db1", db1.address, 22000 + FIRST_OCTET, self.root / "sshd", USER).start()
+        self.sshd = SSHD("db1", db1.address, 22000 + FIRST_OCTET, self.root / "sshd", USER).start(
+            self.root / "svc" / "tb-m")
 
     def pillar(self):
         servers = {}
@@ -247,17 +248,23 @@ def reconnect(topo, root):
                 time.sleep(0.01)
         conn.close()
 
+    def registrations():
+        # the master counts every replica (re)connection; only db3's goes through the tunnel
+        return int(db1.query("SHOW GLOBAL STATUS LIKE 'Com_register_slave'")[0]["Value"])
+
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
     try:
         time.sleep(0.5)
+        before = registrations()
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         deadline = t0 + 120
         while time.monotonic() < deadline:
             rs = db3.query("SHOW SLAVE STATUS")[0]
-            if rs["Slave_IO_Running"] == "Yes" and rs["Slave_SQL_Running"] == "Yes" \
-                    and applied(db3, gtid_pos(db1), 0):
+            # back: connected again (a new registration), both threads run, caught up
+            if registrations() > before and rs["Slave_IO_Running"] == "Yes" \
+                    and rs["Slave_SQL_Running"] == "Yes" and applied(db3, gtid_pos(db1), 0):
                 return time.monotonic() - t0
             time.sleep(0.02)
         raise RuntimeError("db3 did not come back within 120 s")

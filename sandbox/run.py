@@ -714,8 +714,9 @@ def cmd_up(args):
             for name in ("db1", "db3"):
                 srv = servers[name]
                 sshds[name] = SSHD(name, srv.address, 22000 + int(srv.address.rsplit(".", 1)[1]),
-                                   root / "sshd", TUNNEL_USER).start()
-                state["pids"][f"sshd-{name}"] = sshds[name].proc.pid
+                                   root / "sshd", TUNNEL_USER).start(root / "svc" / name)
+                # its pid file: the formula reloads (restarts) it, its pid changes
+                state.setdefault("sshd", {})[name] = str(sshds[name].pidfile)
             state["tunnels"] = True
             save_state(state)
 
@@ -1003,9 +1004,11 @@ def cmd_status(_args):
     root = state["root"]
     say(f"sandbox {root}")
     for what, pid in state.get("pids", {}).items():
-        label = ("salt-master" if what == "master" else f"sshd {what[5:]}" if what.startswith("sshd-")
-                 else f"salt-minion {what}")
+        label = "salt-master" if what == "master" else f"salt-minion {what}"
         say(f"  {label}: pid {pid} {'running' if alive(pid) else 'NOT RUNNING'}")
+    for name, pidfile in state.get("sshd", {}).items():
+        pid = _pid_from(pidfile)
+        say(f"  sshd {name}: " + (f"pid {pid} running" if pid and alive(pid) else "NOT RUNNING"))
     for name, srv in servers_from_state(state).items():
         pid = srv.pid()
         say(f"  mariadbd {name} {srv.address}:{srv.port}: " + (f"pid {pid} running" if pid else "NOT RUNNING"))
@@ -1017,6 +1020,13 @@ def cmd_status(_args):
     for p in problems:
         say(f"  problem: {p}")
     return 1 if problems else 0
+
+
+def _pid_from(path):
+    try:
+        return int(pathlib.Path(path).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_down(_args):
@@ -1043,8 +1053,9 @@ def cmd_down(_args):
         servers = servers_from_state(state)
         if servers:
             mariadb.stop_servers(servers.values())
-    sshd_pids = [(pid, what) for what, pid in pids.items() if what.startswith("sshd-")]
-    if sshd_pids:
+    sshd_pids = [(_pid_from(path), f"sshd {name}") for name, path in state.get("sshd", {}).items()]
+    sshd_pids = [(pid, what) for pid, what in sshd_pids if pid]
+    if state.get("sshd"):
         with Step("stop sshd and the tunnels (autossh)"):
             stop_pids(sshd_pids + [(pid, f"autossh {pid}") for pid in processes_mentioning(str(root / "tunnel"))
                                    if "autossh" in cmdline(pid)])

@@ -75,14 +75,16 @@ def tunnel_user_removed():
 
 
 @pytest.fixture(scope="module")
-def sshds(mariadb_servers, harness_root):
-    """A real sshd on db1's and db3's addresses (the far sides), stopped by PID."""
+def sshds(mariadb_servers, harness_root, testsvc_dir):
+    """A real sshd on db1's and db3's addresses (the far sides), a service of their minions
+    (the formula reloads it), stopped by PID."""
     daemons = {}
     try:
         for name in ("db1", "db3"):
             srv = mariadb_servers[name]
             octet = int(srv.address.rsplit(".", 1)[1])
-            daemons[name] = SSHD(name, srv.address, 22000 + octet, harness_root / "sshd", USER).start()
+            daemons[name] = SSHD(name, srv.address, 22000 + octet, harness_root / "sshd", USER).start(
+                testsvc_dir / name)
         yield daemons
     finally:
         for daemon in daemons.values():
@@ -204,6 +206,14 @@ def test_files_have_the_modes_and_lines_the_far_side_needs(tunnelled, harness_ro
     assert known[0] == f"sshd.{tunnel_name('db1')}"
     assert known[1:3] == (sshds["db1"].host_key.with_suffix(".pub")).read_text().split()[:2]
     assert pwd.getpwnam(USER).pw_shell == "/usr/sbin/nologin"
+    # the far sshds drop a silent tunnel client (its -R ports are freed): the formula's drop-in,
+    # applied by the running sshd to the tunnel user
+    for daemon in sshds.values():
+        assert "Match User mysqlrepl-tunnel" in (daemon.conf_d / "60-mysqlrepl-tunnel.conf").read_text()
+        shown = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(daemon.config), "-C",
+                                f"user={USER},host=localhost,addr=127.0.0.1"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "clientaliveinterval 1" in shown and "clientalivecountmax 3" in shown and "permittty no" in shown
     # three minions of this one machine added their lines at once: none lost, nothing else touched
     hosts = pathlib.Path("/etc/hosts").read_text()
     assert "localhost" in hosts

@@ -62,7 +62,10 @@ def test_a_tunnel_entry_is_normalised_with_its_ports_and_service():
                  "alive_interval": 10, "alive_count": 3}
     assert CFG["servers"]["db1"]["sshd"] == {"host": "10.0.0.11", "port": 2345,
                                              "host_key_file": "/etc/ssh/ssh_host_ed25519_key.pub",
-                                             "authorized_keys_file": None}
+                                             "authorized_keys_file": None,
+                                             "config_file": "/etc/ssh/sshd_config",
+                                             "config_dir": "/etc/ssh/sshd_config.d", "service": "ssh",
+                                             "sshd": "/usr/sbin/sshd"}
 
 
 def test_both_ends_carry_their_tunnel_name_in_their_certificate_and_no_other_server_does():
@@ -303,3 +306,17 @@ def test_a_forward_on_the_peers_sshd_port_is_refused():
     text = err(servers__db3__tunnels=[{"peer": "db1", "port": 4406, "peer_port": 2345}])
     assert text == ("mysqlrepl:servers:db3:tunnels:0:peer_port: port 2345 on 127.0.0.1 of db1 is already "
                     "db1's sshd port")
+
+
+def test_the_far_sshd_drops_a_silent_tunnel_client_and_allows_only_forwarding():
+    text = tn.sshd_dropin(CFG, [T, dict(T, alive_interval=5, alive_count=4)])
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert lines[1] == "Match User mysqlrepl-tunnel"
+    assert "ClientAliveInterval 5" in lines and "ClientAliveCountMax 3" in lines
+    assert {"AllowTcpForwarding yes", "PermitTTY no", "X11Forwarding no", "AllowAgentForwarding no",
+            "PermitTunnel no"} <= set(lines)
+    assert tn.sshd_dropin_path(CFG["servers"]["db1"]["sshd"]) == "/etc/ssh/sshd_config.d/60-mysqlrepl-tunnel.conf"
+    good = "port 22\nclientaliveinterval 10\nclientalivecountmax 3\n"
+    assert tn.sshd_effective_ok(good, [T]) == (True, {"clientaliveinterval": "10", "clientalivecountmax": "3"})
+    assert tn.sshd_effective_ok("clientaliveinterval 0\nclientalivecountmax 3\n", [T])[0] is False
+    assert tn.sshd_effective_ok("", [T])[0] is False

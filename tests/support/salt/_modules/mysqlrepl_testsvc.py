@@ -233,7 +233,9 @@ class Service:
 
     def _is_ours(self, pid):
         args = _cmdline(pid)
-        return bool(args) and os.path.basename(args[0]) == os.path.basename(self.argv[0])
+        base = os.path.basename(self.argv[0])
+        # sshd rewrites its title: "sshd: /usr/sbin/sshd -D ... [listener] ..."
+        return bool(args) and (os.path.basename(args[0]) == base or args[0].startswith(f"{base}: "))
 
     def pid(self):
         """Pid of the running server (from the pid file), or None."""
