@@ -780,7 +780,8 @@ def cmd_up(args):
     with Step("check the service provider (salt '*' service.get_all)"):
         proc, data = salt.salt("*", "service.get_all")
         data = expect_minions(proc, data, "service.get_all")
-        want = {n: [servers[n].service_name] for n in NAMES}
+        want = {n: sorted([servers[n].service_name] + ([sshds[n].service_name] if n in sshds else []))
+                for n in NAMES}
         if data != want:
             raise Failed(f"service provider not active: {data}, expected {want}")
 
