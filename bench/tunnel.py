@@ -249,8 +249,8 @@ def reconnect(topo, root):
         conn.close()
 
     def registrations():
-        # the master counts every replica (re)connection; only db3's goes through the tunnel
-        return int(db1.query("SHOW GLOBAL STATUS LIKE 'Com_register_slave'")[0]["Value"])
+        # the master counts every replica (re)connection (REGISTER_SLAVE); only db3's goes through the tunnel
+        return int(db1.query("SHOW GLOBAL STATUS LIKE 'Slave_connections'")[0]["Value"])
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
