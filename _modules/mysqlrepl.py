@@ -969,7 +969,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
     conn = _connect(srv)
     with _u("mysqlrepl_db.closing")(conn):
         version = _version(conn)
-        facts = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state"])
+        facts = _variables(conn, ["read_only", "gtid_slave_pos", "gtid_binlog_pos", "gtid_binlog_state",
+                                  "gtid_current_pos"])
         facts["rs"] = rs = _replica_status(conn, version)
         guard = None
         rules = lambda fn: _u(f"mysqlrepl_replication.{fn}")  # noqa: E731
@@ -995,8 +996,8 @@ def replication_apply(server=None, test=False, seeded=False, master=None, demote
                 return {"result": False, "changes": {},
                         "comment": f"cannot read {peer}'s position to link {srv['name']} to it: {exc}"}
             facts["peer_replicates"] = _replica_connected(conn, version, cfg["servers"][peer]["server_id"])
-            own = _variables(conn, ["gtid_current_pos"]).get("gtid_current_pos")
-            facts["pair_position"] = rules("pair_position")(srv["gtid_domain_id"], own, peer_pos)
+            facts["pair_position"] = rules("pair_position")(srv["gtid_domain_id"], facts.get("gtid_current_pos"),
+                                                            peer_pos)
         if srv["name"] != cfg["master"] or pair:
             parse = _u("mysqlrepl_switch.parse_gtid_list")
             own = [k for k in parse(facts.get("gtid_binlog_state")) if k[1] == srv["server_id"]]
@@ -1997,6 +1998,11 @@ def switch_followers(master, switch_jid, servers=None, finish=False, ready_timeo
 _NOLOGIN = "/usr/sbin/nologin"
 
 
+def _tun(name):
+    """A function of ``_utils/mysqlrepl_tunnel.py``."""
+    return _u(f"mysqlrepl_tunnel.{name}")
+
+
 def _tunnel_roles(cfg, server=None):
     local = [_server(server)["name"]] if server else cfg["local_servers"]
     return local, _u("mysqlrepl_tunnel.roles")(cfg, local)
@@ -2121,7 +2127,6 @@ def tunnel_key_apply(server=None, test=False):
         salt 'db3*' mysqlrepl.tunnel_key_apply
     """
     cfg = _cfg()
-    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
     local, mine = _tunnel_roles(cfg, server)
     changes = {}
     nears = sorted({t["near"] for t in mine["near"]})
@@ -2132,17 +2137,17 @@ def tunnel_key_apply(server=None, test=False):
         if uid is not None:
             _ensure_dir(cfg["tunnel"]["dir"], 0o755, 0, 0, test, changes)
         for name in nears:
-            paths = tun("paths")(cfg, name)
-            comment = tun("key_comment")(cfg, name)
+            paths = _tun("paths")(cfg, name)
+            comment = _tun("key_comment")(cfg, name)
             if uid is not None:
                 _ensure_dir(paths["dir"], 0o750, 0, gid, test, changes)
             have = _file_facts(paths["key"])
-            public = tun("public_line")(have["text"], comment) if have else None
+            public = _tun("public_line")(have["text"], comment) if have else None
             if public is None:
                 changes[paths["key"]] = "created (ed25519, 0600)" if have is None else "not an ed25519 key: replaced"
                 if not test:
-                    _write_file(paths["key"], tun("new_key")(), mode=0o600, uid=uid, gid=gid)
-                    public = tun("public_line")(_read(paths["key"]), comment)
+                    _write_file(paths["key"], _tun("new_key")(), mode=0o600, uid=uid, gid=gid)
+                    public = _tun("public_line")(_read(paths["key"]), comment)
             elif (have["mode"], have["uid"]) != (0o600, uid):
                 changes[paths["key"]] = f"mode {have['mode']:04o} owner {have['uid']}: fixed to 0600 {uid}"
                 if not test:
@@ -2301,7 +2306,6 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     if side not in ("peer", "near", "both"):
         raise SaltInvocationError(f"side must be peer, near or both, got {side!r}")
     cfg = _cfg()
-    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
     local, mine = _tunnel_roles(cfg, server)
     changes, waiting, notes = {}, [], []
     stale = [] if side == "peer" else _stale_units(cfg, local, mine)
@@ -2318,7 +2322,7 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
         by_file = {}
         peers = {t["peer"] for t in mine["peer"]}
         for name in sorted(local):
-            path = tun("authorized_keys_file")(cfg["servers"][name], home)
+            path = _tun("authorized_keys_file")(cfg["servers"][name], home)
             # a server no longer any tunnel's far side keeps its file, emptied of keys: a
             # tunnel removed from pillar loses its access (only files the formula wrote)
             if name in peers or (_read(path) or "").startswith("# Managed by Salt (mysqlrepl)"):
@@ -2326,7 +2330,7 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
         nears = sorted({t["near"] for t in mine["peer"]})
         keys = {n: entry.get("client") for n, entry in _published(cfg, nears).items()}
         for path, peers in by_file.items():
-            text, missing = tun("authorized_keys")(cfg, peers, keys)
+            text, missing = _tun("authorized_keys")(cfg, peers, keys)
             waiting += [f"the tunnel key of {n} (apply mysqlrepl.tunnel on {cfg['servers'][n]['minion']})"
                         for n in missing]
             if uid is not None:
@@ -2337,33 +2341,33 @@ def tunnel_apply(server=None, test=False, side="both", wait=True):
     if side in ("peer", "both"):
         for name in sorted({t["peer"] for t in mine["peer"]}):
             sshd = cfg["servers"][name]["sshd"]
-            path = tun("sshd_dropin_path")(sshd)
+            path = _tun("sshd_dropin_path")(sshd)
             here = [t for t in mine["peer"]
-                    if tun("sshd_dropin_path")(cfg["servers"][t["peer"]]["sshd"]) == path]
-            want[path] = {"text": tun("sshd_dropin")(cfg, here), "mode": 0o644, "uid": 0, "gid": 0}
+                    if _tun("sshd_dropin_path")(cfg["servers"][t["peer"]]["sshd"]) == path]
+            want[path] = {"text": _tun("sshd_dropin")(cfg, here), "mode": 0o644, "uid": 0, "gid": 0}
             dropins[path] = (sshd, here)
     units = {}
     if side in ("near", "both") and mine["near"]:
         for near in sorted({t["near"] for t in mine["near"]}):
             peers = sorted({t["peer"] for t in mine["near"] if t["near"] == near})
             host_keys = {n: entry.get("host") for n, entry in _published(cfg, peers).items()}
-            text, missing = tun("known_hosts")(cfg, near, host_keys)
+            text, missing = _tun("known_hosts")(cfg, near, host_keys)
             waiting += [f"the sshd host key of {n} (apply mysqlrepl.tunnel on {cfg['servers'][n]['minion']})"
                         for n in missing]
-            paths = tun("paths")(cfg, near)
+            paths = _tun("paths")(cfg, near)
             if not os.path.exists(paths["key"]):
                 waiting.append(f"{near}'s tunnel key ({paths['key']}: apply mysqlrepl.tunnel_key_apply)")
             want[paths["known_hosts"]] = {"text": text, "mode": 0o644, "uid": 0, "gid": 0}
         for t in mine["near"]:
             path = os.path.join(cfg["tunnel"]["unit_dir"], f"{t['service']}.service")
-            want[path] = {"text": tun("unit")(cfg, t), "mode": 0o644, "uid": 0, "gid": 0}
+            want[path] = {"text": _tun("unit")(cfg, t), "mode": 0o644, "uid": 0, "gid": 0}
             units[t["service"]] = path
     have = {path: _file_facts(path) for path in want}
-    differs = tun("file_changes")(want, have)
+    differs = _tun("file_changes")(want, have)
     changes.update(differs)
-    hosts = [] if side == "peer" else tun("hosts_entries")(cfg, local)
+    hosts = [] if side == "peer" else _tun("hosts_entries")(cfg, local)
     hosts_file = __opts__.get("hosts.file") or "/etc/hosts"
-    for name in tun("hosts_missing")(_read(hosts_file), hosts):
+    for name in _tun("hosts_missing")(_read(hosts_file), hosts):
         changes[f"hosts {name}"] = "127.0.0.1"
     services = {}
     for service, path in units.items():
@@ -2474,7 +2478,6 @@ def tunnel_status(server=None):
         salt 'db*' mysqlrepl.tunnel_status
     """
     cfg = _cfg()
-    tun = lambda fn: _u(f"mysqlrepl_tunnel.{fn}")  # noqa: E731
     local, mine = _tunnel_roles(cfg, server)
     procs = _processes() if mine["near"] else []
     out = []
@@ -2485,8 +2488,8 @@ def tunnel_status(server=None):
         # the database forward must reach a server (its greeting); the seed forward only listens
         # (nothing listens behind it between seeds)
         answers = {db_port: _forward_reaches_server(db_port), seed_port: _forward_answers(seed_port, 0)}
-        found = tun("find_processes")(procs, cfg, t) if near_side else {}
-        out.append(tun("state")(cfg, t, name, found, answers))
+        found = _tun("find_processes")(procs, cfg, t) if near_side else {}
+        out.append(_tun("state")(cfg, t, name, found, answers))
     return out
 
 

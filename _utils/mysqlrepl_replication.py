@@ -296,13 +296,18 @@ def plan(cfg, srv, facts, test=False, seeded=False, demote=False, demote_at=None
     link = _link(cfg, srv, facts, want, demote=demote)
     changes.update(link["changes"])
     actions += link["actions"]
+    return _outcome(changes, actions, test, rs, f"replicates from {master}")
+
+
+def _outcome(changes, actions, test, rs, role):
+    """The plan's return once nothing refused: ``role`` says what the server is."""
     if test:
         return {"result": None if changes else True, "changes": changes, "actions": [],
                 "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
-                            else f"replicates from {master} as pillar says")}
+                            else f"{role} as pillar says")}
     return {"result": True, "changes": changes, "actions": actions,
-            "comment": (f"replicates from {master}: " + ", ".join(sorted(changes)) + " fixed"
-                        if changes else f"replicates from {master} as pillar says")}
+            "comment": (f"{role}: " + ", ".join(sorted(changes)) + " fixed" if changes
+                        else f"{role} as pillar says")}
 
 
 def _never_seeded(name, source):
@@ -405,10 +410,4 @@ def _pair_plan(cfg, srv, facts, test, seeded, guard):
         # master replicates from this one: no transaction of this master's domain is written
         # before the other one reads its binlog (rule 9 starts it there)
         actions += [("await_replica", cfg["servers"][peer]["server_id"]), ("read_only", False)]
-    if test:
-        return {"result": None if changes else True, "changes": changes, "actions": [],
-                "comment": (f"would fix {', '.join(sorted(changes))} (now: {threads_text(rs)})" if changes
-                            else f"writable, replicates from {peer} as pillar says")}
-    return {"result": True, "changes": changes, "actions": actions,
-            "comment": (f"writable, replicates from {peer}: " + ", ".join(sorted(changes)) + " fixed"
-                        if changes else f"writable, replicates from {peer} as pillar says")}
+    return _outcome(changes, actions, test, rs, f"writable, replicates from {peer}")

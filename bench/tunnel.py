@@ -39,7 +39,6 @@ import os
 import pathlib
 import pwd
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -72,12 +71,7 @@ USER = "mysqlrepl-tunnel"
 NAME = "tb"
 
 
-def log(msg):
-    print(msg, flush=True)
-
-
-def p50(values):
-    return statistics.median(values) if values else float("nan")
+log, p50 = sw.log, sw.p50
 
 
 class Topology:
