@@ -1878,6 +1878,64 @@ def switch_finish_new(server=None):
                 "pos": _one(conn, _sql("gtid_position")(version))["pos"]}
 
 
+def unpair_critical(other, server=None, lock_budget=10, catchup_timeout=None):
+    """
+    End a two-master pair, keeping this server as the only master: the other
+    master is made read-only, this one applies everything it logged and forgets
+    its link (steps and rules: ``_utils/mysqlrepl_unpair.py``). This server over
+    its socket, the other over verified TLS as the admin account, both
+    connections opened first. ``catchup_timeout``: how long this server may take
+    to apply the other's last transactions (default
+    ``mysqlrepl:replication:wait_timeout``).
+
+    Called by ``salt-run mysqlrepl.unpair``, which checks the pair first; do not
+    call it by hand.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt db1 mysqlrepl.unpair_critical db3
+    """
+    cfg = _cfg()
+    srv = _server(server)
+    if other not in cfg["servers"] or other == srv["name"]:
+        raise SaltInvocationError(f"the other master must be another server of the topology, got {other!r}")
+    catchup = float(catchup_timeout or cfg["replication"]["wait_timeout"])
+    io_timeout = int(lock_budget + catchup + 10)
+    try:
+        keep_conn = _u("mysqlrepl_db.connect_local")(srv, __opts__, connect_timeout=5, read_timeout=io_timeout)
+    except CommandExecutionError as exc:
+        return {"outcome": "aborted", "reason": f"cannot connect to {srv['name']}: {exc}; nothing changed",
+                "steps": [], "pos": None}
+    try:
+        other_conn = _admin_connection(cfg, srv, cfg["servers"][other], read_timeout=io_timeout)
+    except CommandExecutionError as exc:
+        keep_conn.close()
+        return {"outcome": "aborted", "steps": [], "pos": None,
+                "reason": f"cannot reach {other} as {cfg['admin']['user']} over TLS: {exc}; nothing changed"}
+    closing = _u("mysqlrepl_db.closing")
+    with closing(keep_conn), closing(other_conn):
+        version = _version(keep_conn)
+        other_version = _version(other_conn)
+        wait_sql, wait_args = _sql("master_gtid_wait")(version, "", catchup)
+        st = {
+            "other_read_only": _sql("set_read_only")(True, lock_budget),
+            "other_writable": _sql("set_read_only")(False),
+            "read_only": _sql("SELECT_READ_ONLY"),
+            "gtid_pos": _sql("gtid_position")(other_version),
+            "wait": lambda pos: (wait_sql, (pos,) + tuple(wait_args[1:])),
+            "stop_replica": _sql("stop_replica")(version),
+            "start_replica": _sql("start_replica")(version),
+            "reset_replica_all": _sql("reset_replica_all")(version),
+            "keep_writable": _sql("set_read_only")(False),
+        }
+        endpoint = _u("mysqlrepl_switch.endpoint")
+        run = _u("mysqlrepl_db.run")
+        return _u("mysqlrepl_unpair.critical")(endpoint(srv["name"], keep_conn, run),
+                                               endpoint(other, other_conn, run), st)
+
+
 # ---------------------------------------------------------------------------
 # after a switch's write block: one job per minion (the runner's repointing)
 # ---------------------------------------------------------------------------

@@ -313,8 +313,8 @@ def _pair_refusal(cfg, what):
     a, b = cfg["masters"]
     return (f"topology {cfg['topology']} is a two-master pair ({a} and {b} both take writes): there is no "
             f"single master to {what}. To take {a} out of service, point its apps at {b} and stop writing "
-            f"to {a}. Turning a pair back into one master is not automated yet (README, \"Two-master "
-            "pairs\"). Nothing changed")
+            f"to {a}. To make {b} the only master: set master: {b} in pillar instead of masters, then "
+            f"salt-run mysqlrepl.unpair keep={b}. Nothing changed")
 
 
 def _seed(cfg, replica, force, timeout, ret):
@@ -1088,6 +1088,82 @@ def _phase_followers(cfg, old, new, answer, events, jid, switching, app_sls):
         if apps.get("error") or apps.get("failed"):
             problems.append(f"app minions: {apps.get('error') or apps.get('failed')}")
     return out
+
+
+def unpair(keep, topology=None, dry_run=False, catchup_timeout=None):  # pylint: disable=redefined-outer-name
+    """
+    End a two-master pair (seed 001), ``keep`` staying the only master: the
+    other master is made read-only, ``keep`` applies everything it logged and
+    forgets its link (see ``_utils/mysqlrepl_unpair.py``: steps, invariant),
+    the master record names ``keep``, and the other master's replicas are
+    repointed to ``keep``. The other master keeps replicating from ``keep``.
+
+    First change pillar: ``master: <keep>`` instead of ``masters`` (and drop the
+    servers' ``source``); point the other master's apps at ``keep``. Refused,
+    nothing changed, when pillar still names a pair, when ``keep`` and the other
+    do not replicate from each other, or when either cannot be read.
+    ``dry_run=True``: say what would change and stop. ``catchup_timeout``:
+    how long ``keep`` may take to apply the other's last transactions (default
+    ``mysqlrepl:replication:wait_timeout``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.unpair keep=db1 dry_run=True
+        salt-run mysqlrepl.unpair keep=db1
+    """
+    ret = {"result": False, "comment": "", "keep": keep}
+    try:
+        cfg = _topology(topology)
+        if cfg.get("two_masters"):
+            plan = __utils__["mysqlrepl_unpair.find_pair"](cfg, keep, {}, None)
+            raise SaltInvocationError(plan["refusal"])
+        if keep not in cfg["servers"]:
+            raise SaltInvocationError(f"unknown server {keep!r}")
+        # a record from the topology's one-master past may still name another server
+        cfg = dict(cfg, master=keep)
+        with _topology_lock(cfg["topology"], f"unpair, keeping {keep}"):
+            states = {name: (res if ok else {"error": res}) for name, (ok, res) in
+                      _per_server(cfg, sorted(cfg["servers"]), "mysqlrepl.status", 30).items()}
+            plan = __utils__["mysqlrepl_unpair.find_pair"](
+                cfg, keep, states, __utils__["mysqlrepl_replication.server_at"])
+            if plan["result"] is False:
+                raise CommandExecutionError(plan["refusal"])
+            if plan["result"] is True:
+                ret.update(result=True, comment=plan["nothing"])
+                return ret
+            other = plan["other"]
+            ret.update(other=other, followers=plan["followers"])
+            if dry_run:
+                ret.update(result=None, comment=f"would end the pair: {plan['comment']}")
+                return ret
+            _progress(f"ending the pair {keep}/{other}: {other} read-only, {keep} catching up")
+            catchup = float(catchup_timeout or cfg["replication"]["wait_timeout"])
+            crit = _call(cfg["servers"][keep]["minion"], "mysqlrepl.unpair_critical", [other],
+                         {"server": keep, "catchup_timeout": catchup}, timeout=int(catchup + 60))
+            ret["critical"] = crit
+            if crit.get("outcome") != "unpaired":
+                raise CommandExecutionError(f"{crit.get('outcome')}: {crit.get('reason')}")
+            _write_record(cfg["topology"], _new_record(cfg, keep, previous=None, unpaired=other, jid="unpair"))
+            _refresh_pillar(cfg)
+            _progress(f"{keep} is the only master; repointing {', '.join(plan['followers']) or 'no replica'}")
+            repointed = _parallel({name: (cfg["servers"][name]["minion"], "mysqlrepl.replication_apply", [name],
+                                          {"master": keep, "repoint_from": other})
+                                   for name in plan["followers"]},
+                                  timeout=cfg["replication"]["wait_timeout"] + 60)
+            ret["repointed"] = {n: (res if ok else {"result": False, "comment": res}) for n, (ok, res)
+                                in repointed.items()}
+            failed = {n: r.get("comment") for n, r in ret["repointed"].items() if not r.get("result")}
+            ret["servers"] = _server_states(cfg)
+            if failed:
+                raise CommandExecutionError(f"the pair is ended ({keep} is the only master, {other} is read-only "
+                                            f"and replicates from it) but repointing failed: {failed}; run the "
+                                            "highstate on them")
+            ret.update(result=True, comment=f"{keep} is the only master: {plan['comment']}")
+            return ret
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _fail(ret, str(exc))
 
 
 def rejoin(server, topology=None):  # pylint: disable=redefined-outer-name

@@ -156,6 +156,12 @@ def topology_conflict(cfg, srv, rs, repoint_from=None):
     source = source_of(cfg, name)
     if source is None:
         if rs is not None:
+            who = server_at(cfg, name, rs)
+            if who is not None:
+                return (f"pillar says {name} is the master, but it replicates from {who} "
+                        f"({rs['host']}:{rs['port']}): if they were a two-master pair, "
+                        f"`salt-run mysqlrepl.unpair keep={name}` ends it (the highstate does not); "
+                        "otherwise fix mysqlrepl:master or the servers; nothing changed")
             return (f"pillar says {name} is the master, but it replicates from "
                     f"{rs['host']}:{rs['port']}: the topology was changed outside mysqlrepl; "
                     "refusing to repoint anything (fix mysqlrepl:master or the servers)")
@@ -168,14 +174,10 @@ def topology_conflict(cfg, srv, rs, repoint_from=None):
     want = endpoint(cfg, name, source)
     if have == want:
         return None
-    # every way this host may reach each server: directly, or through a tunnel
-    known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
-    known.update({endpoint(cfg, name, n): n for n in cfg["servers"] if n != name})
-    # a tunnel name (its tunnel may be gone from pillar: the forward's port is then unknown)
-    names = {s["tunnel_host"]: n for n, s in cfg["servers"].items() if s.get("tunnel_host")}
-    who = known.get(have) or names.get(rs["host"])
+    who = server_at(cfg, name, rs)
     if who == source:
         return None  # the right server by another route (a tunnel added or removed): repointed
+    hint = _unpair_hint(cfg, who)
     who = who or "a server outside the topology"
     if cfg.get("two_masters"):
         return (f"{name} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says it replicates "
@@ -185,7 +187,31 @@ def topology_conflict(cfg, srv, rs, repoint_from=None):
     return (f"{name} replicates from {rs['host']}:{rs['port']} ({who}) but pillar says the "
             f"master is {master['name']} ({want[0]}:{want[1]}): the topology was "
             "changed outside mysqlrepl; refusing to repoint it (update mysqlrepl:master if the "
-            "switch was intended)")
+            "switch was intended" + hint + ")")
+
+
+def server_at(cfg, name, rs):
+    """
+    The server of the topology that ``rs`` (``name``'s normalised replica status,
+    or ``None``) points at, by every route ``name``'s host reaches each server
+    (directly or through a tunnel) or by a tunnel name (its tunnel may be gone
+    from pillar: the forward's port is then unknown). ``None``: no server of
+    the topology.
+    """
+    if rs is None:
+        return None
+    known = {(s["address"], s["port"]): n for n, s in cfg["servers"].items()}
+    known.update({endpoint(cfg, name, n): n for n in cfg["servers"] if n != name})
+    names = {s["tunnel_host"]: n for n, s in cfg["servers"].items() if s.get("tunnel_host")}
+    return known.get((rs["host"], rs["port"])) or names.get(rs["host"])
+
+
+def _unpair_hint(cfg, who):
+    """A replica of ``who`` that pillar moves to the one master: ``who`` may be the end of a pair."""
+    if cfg.get("two_masters") or who is None or who == cfg.get("master"):
+        return ""
+    return f"; if {who} and {cfg['master']} were a two-master pair, `salt-run mysqlrepl.unpair keep={cfg['master']}` " \
+        "ends it and repoints this replica"
 
 
 def needs_master_guard(cfg, srv, read_only, switch_jid):

@@ -15,6 +15,7 @@ This module runs in a pytest session of its own (``-m separate_session``,
 ``tests/run`` does it): it writes its own pillar for the session's minions.
 """
 
+import copy
 import os
 import pathlib
 import pwd
@@ -539,6 +540,90 @@ def autossh_pids_of(harness_root, near):
     return [pid for pid in autossh_pids(harness_root)
             if str(harness_root / "tunnel" / near / "") in open(f"/proc/{pid}/cmdline", "rb").read()
             .replace(b"\0", b" ").decode(errors="replace")]
+
+
+class _Writer(threading.Thread):
+    """Inserts into tun.pair until told to stop or the server turns read-only (1290);
+    ``committed`` counts the rows the server acknowledged."""
+
+    def __init__(self, srv, origin):
+        super().__init__(daemon=True)
+        self.srv, self.origin = srv, origin
+        self.committed, self.stopped_by, self.halt = 0, None, threading.Event()
+
+    def run(self):
+        conn = self.srv.connect(autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                while not self.halt.is_set():
+                    try:
+                        cur.execute("INSERT INTO tun.pair (origin, n) VALUES (%s, %s)", (self.origin, self.committed))
+                    except Exception as exc:  # pylint: disable=broad-except
+                        self.stopped_by = exc.args[0] if exc.args else repr(exc)
+                        return
+                    self.committed += 1
+                    time.sleep(0.002)
+        finally:
+            conn.close()
+
+
+def test_unpair_keeps_one_master_loses_no_row_and_repoints_the_other_masters_replica(
+        paired, mariadb_servers, write_pillar, salt_cli, salt_run_cli):
+    """Seed 001 undone: db3 stays the only master while both masters take writes; db1 becomes its
+    read-only replica, db2 (a replica of db1) is repointed to db3."""
+    db1, db2, db3 = (mariadb_servers[n] for n in ("db1", "db2", "db3"))
+    pillar = copy.deepcopy(paired["pillar"])
+    top = pillar["mysqlrepl"]
+    del top["masters"]
+    top["master"] = "db3"
+    writers = {srv.name: _Writer(srv, f"u-{srv.name}") for srv in (db1, db3)}
+    for w in writers.values():
+        w.start()
+    try:
+        write_pillar(pillar)
+        # until unpair runs, the highstate leaves db3 and db2 alone and says what to run
+        pending = all_ok(apply(salt_cli, test=True))
+        comments = {m: " ".join(c for _i, c in v) for m, v in pending.items()}
+        assert "salt-run mysqlrepl.unpair keep=db3" in comments.get("db3", ""), pending
+        assert "mysqlrepl.unpair keep=db3" in comments.get("db2", ""), pending
+        dry = salt_run_cli.run("mysqlrepl.unpair", "keep=db3", "dry_run=True")
+        assert (dry.data["other"], dry.data["followers"]) == ("db1", ["db2"]), dry.stdout
+        assert db1.query("SELECT @@read_only AS ro")[0]["ro"] == 0
+        time.sleep(1)
+        ret = salt_run_cli.run("mysqlrepl.unpair", "keep=db3")
+        assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
+        time.sleep(1)
+    finally:
+        for w in writers.values():
+            w.halt.set()
+            w.join(30)
+    # db1's writer was stopped by read_only (1290); db3's ran throughout
+    assert writers["db1"].stopped_by == 1290 and writers["db3"].stopped_by is None, \
+        {n: w.stopped_by for n, w in writers.items()}
+    assert writers["db1"].committed > 0 and writers["db3"].committed > 0
+    assert db3.query("SELECT @@read_only AS ro")[0]["ro"] == 0 and replica_status(db3) is None
+    for srv in (db1, db2):
+        rs = replica_status(srv)
+        assert rs["Slave_IO_Running"] == "Yes" and rs["Slave_SQL_Running"] == "Yes", (srv.name, rs)
+        assert rs["Master_SSL_Verify_Server_Cert"] == "Yes"
+        assert srv.query("SELECT @@read_only AS ro")[0]["ro"] == 1
+    assert (replica_status(db2)["Master_Host"], replica_status(db2)["Master_Port"]) == (db3.address, db3.port)
+    pos = gtid_of(db3)
+    for srv in (db1, db2):
+        assert srv.query("SELECT MASTER_GTID_WAIT(%s, 60) AS w", (pos,))[0]["w"] == 0, srv.name
+    # every acknowledged row of both writers, once, on every server
+    for srv in (db1, db2, db3):
+        got = {r["origin"]: (r["n"], r["d"]) for r in srv.query(
+            "SELECT origin, COUNT(*) AS n, COUNT(DISTINCT n) AS d FROM tun.pair "
+            "WHERE origin LIKE 'u-%%' GROUP BY origin")}
+        assert got == {f"u-{n}": (w.committed, w.committed) for n, w in writers.items()}, (srv.name, got)
+    sums = {srv.name: srv.query("CHECKSUM TABLE tun.pair")[0]["Checksum"] for srv in (db1, db2, db3)}
+    assert len(set(sums.values())) == 1, sums
+    # the highstate converges the one-master pillar, then changes nothing
+    ret = apply(salt_cli)
+    assert not all_ok(ret), all_ok(ret)
+    assert changes_of(apply(salt_cli)) == {"db1": {}, "db2": {}, "db3": {}}
+    assert db3.query("SELECT @@read_only AS ro")[0]["ro"] == 0
 
 
 def test_no_password_in_any_argv_or_environ_through_setup_tunnels_and_pair(paired, argv_watch):
