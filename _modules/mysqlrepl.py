@@ -1929,6 +1929,9 @@ def unpair_critical(other, server=None, lock_budget=10, catchup_timeout=None):
             "start_replica": _sql("start_replica")(version),
             "reset_replica_all": _sql("reset_replica_all")(version),
             "keep_writable": _sql("set_read_only")(False),
+            "current_pos": _sql("gtid_state")(version),
+            "keep_server_id": srv["server_id"],
+            "reached": _u("mysqlrepl_switch.position_reached"),
         }
         endpoint = _u("mysqlrepl_switch.endpoint")
         run = _u("mysqlrepl_db.run")

@@ -17,20 +17,25 @@ The steps (:func:`critical`), each an exit that is unit-tested in
 1. The other master is made read-only (``lock_wait_timeout`` bounded). If it
    fails, nothing changed.
 2. The other master's ``@@gtid_binlog_pos`` is read: every transaction it logged.
-3. The kept master waits until it has applied that position
-   (``MASTER_GTID_WAIT``). On timeout: the other master is made writable again
-   if it was, nothing changed.
+   Its entries with the kept master's server_id are the kept master's own
+   transactions coming back (``log_slave_updates``): the kept master has them,
+   and they keep coming while it takes writes, so they are left out below.
+3. The kept master waits until it has applied the rest (``MASTER_GTID_WAIT``).
+   On timeout: the other master is made writable again if it was, nothing
+   changed.
 4. The kept master's replication is stopped, then the other master's position is
-   read again: it must not have moved (a session that bypasses read_only, e.g.
-   SUPER or READ ONLY ADMIN, wrote there). If it moved: replication is started
-   again and the other master made writable again if it was; nothing changed.
+   read again and compared with the kept master's ``@@gtid_current_pos``: the
+   kept master must have every transaction of it (else a session that bypasses
+   read_only, e.g. SUPER or READ ONLY ADMIN, wrote there after step 1). If not:
+   replication is started again and the other master made writable again if it
+   was; nothing changed.
 5. ``RESET SLAVE ALL`` on the kept master: it forgets the link.
 6. The kept master is made writable if it is not (a highstate between the pillar
    change and this made it read-only while pillar still named another server).
 
 Invariant: the kept master's link to the other is removed only once it holds
-every transaction the other logged (steps 2 to 4 read the other's position
-twice, around stopping the link, and require it unchanged), and the other is
+every transaction the other logged (step 4 reads the other's position after
+the link stopped and compares it with what the kept master has), and the other is
 read-only from step 1 on: no row written on either master is lost, and when
 it ends only the kept master is writable.
 """
@@ -90,6 +95,12 @@ def find_pair(cfg, keep, states, server_at):
             "unread": unread}
 
 
+def foreign(pos, server_id):
+    """GTID list ``pos`` without the entries written by ``server_id``."""
+    parts = [p.strip() for p in (pos or "").replace("\n", "").split(",") if p.strip()]
+    return ",".join(p for p in parts if int(p.split("-")[1]) != int(server_id))
+
+
 def critical(keep, other, st, clock=time.monotonic):
     """
     Steps 1 to 6 (module docstring). ``keep`` and ``other``: objects with
@@ -100,8 +111,11 @@ def critical(keep, other, st, clock=time.monotonic):
         read_only          SELECT @@GLOBAL.read_only AS ro
         gtid_pos           @@gtid_binlog_pos AS pos
         wait(pos)          MASTER_GTID_WAIT(pos, <timeout>) AS result, on the kept master
+        current_pos        @@gtid_current_pos AS current_pos (and others), on the kept master
         stop_replica / start_replica / reset_replica_all
         keep_writable      SET GLOBAL read_only=0
+        keep_server_id     the kept master's server_id (its own transactions)
+        reached(have, want) does GTID list ``have`` reach ``want`` in every domain
 
     Returns ``{"outcome": "unpaired" | "aborted" | "stopped", "reason", "pos",
     "steps": [{"step", "ms", "ok"}]}``: ``aborted`` guarantees nothing changed
@@ -154,10 +168,11 @@ def critical(keep, other, st, clock=time.monotonic):
                    + (f" ({note})" if note else ""))
     out["pos"] = pos
     done("other_position", t0)
-    # 3. the kept master applies it
+    # 3. the kept master applies it (not its own transactions: it has them)
     t0 = clock()
+    want = foreign(pos, st["keep_server_id"])
     try:
-        waited = keep.run(st["wait"](pos))[0]["result"]
+        waited = keep.run(st["wait"](want))[0]["result"] if want else 0
     except Exception as exc:  # pylint: disable=broad-except
         waited = exc
     if waited != 0:
@@ -178,14 +193,15 @@ def critical(keep, other, st, clock=time.monotonic):
                    + (f" ({note})" if note else ""))
     try:
         again = other.run(st["gtid_pos"])[0]["pos"]
+        have = keep.run(st["current_pos"])[0]["current_pos"]
     except Exception as exc:  # pylint: disable=broad-except
-        again = exc
-    if again != pos:
+        again, have = exc, None
+    if have is None or not st["reached"](have, foreign(again, st["keep_server_id"])):
         done("stop_link", t0, ok=False)
         note = rollback(was_writable, restart=True)
-        what = (f"{other.name} wrote past {pos} while read-only (now {again}): a session that bypasses "
-                "read_only (SUPER, READ ONLY ADMIN) writes there; stop it" if isinstance(again, str)
-                else f"cannot read {other.name}'s position again ({again})")
+        what = (f"{other.name} wrote past {pos} while read-only (now {again}; {keep.name} has {have}): a "
+                "session that bypasses read_only (SUPER, READ ONLY ADMIN) writes there; stop it"
+                if have is not None else f"cannot read the positions again ({again})")
         return end("aborted", f"{what}; nothing changed" + (f" ({note})" if note else ""))
     done("stop_link", t0)
     # 5. the kept master forgets the link

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 
+import pymysql
 import pytest
 
 from tests.support.secrets import ProcSampler
@@ -552,7 +553,9 @@ class _Writer(threading.Thread):
         self.committed, self.stopped_by, self.halt = 0, None, threading.Event()
 
     def run(self):
-        conn = self.srv.connect(autocommit=True)
+        # an app account: root (SUPER) writes through read_only, and unpair refuses that
+        conn = pymysql.connect(host=self.srv.address, port=self.srv.port, user=workload.APP_USER,
+                               password=workload.APP_PASSWORD, autocommit=True, ssl_disabled=True)
         try:
             with conn.cursor() as cur:
                 while not self.halt.is_set():
@@ -576,6 +579,9 @@ def test_unpair_keeps_one_master_loses_no_row_and_repoints_the_other_masters_rep
     top = pillar["mysqlrepl"]
     del top["masters"]
     top["master"] = "db3"
+    db1.session(f"CREATE USER IF NOT EXISTS '{workload.APP_USER}'@'%' IDENTIFIED BY '{workload.APP_PASSWORD}'",
+                f"GRANT SELECT, INSERT ON tun.* TO '{workload.APP_USER}'@'%'")
+    assert db3.query("SELECT MASTER_GTID_WAIT(%s, 30) AS w", (gtid_of(db1),))[0]["w"] == 0
     writers = {srv.name: _Writer(srv, f"u-{srv.name}") for srv in (db1, db3)}
     for w in writers.values():
         w.start()

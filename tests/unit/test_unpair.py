@@ -8,6 +8,7 @@ import copy
 
 import _utils.mysqlrepl_config as conf
 import _utils.mysqlrepl_replication as rp
+import _utils.mysqlrepl_switch as sw
 import _utils.mysqlrepl_unpair as up
 
 PILLAR = {
@@ -96,7 +97,8 @@ def test_a_stopped_link_still_counts_for_the_pair():
 
 ST = {"other_read_only": "RO_ON", "other_writable": "RO_OFF", "read_only": "SELECT_RO", "gtid_pos": "POS",
       "wait": lambda pos: ("WAIT", pos), "stop_replica": "STOP", "start_replica": "START",
-      "reset_replica_all": "RESET", "keep_writable": "KEEP_RO_OFF"}
+      "reset_replica_all": "RESET", "keep_writable": "KEEP_RO_OFF", "current_pos": "CURRENT",
+      "keep_server_id": 11, "reached": sw.position_reached}
 
 
 class Conn:
@@ -120,7 +122,9 @@ class Conn:
 
 
 def pair(keep=None, other=None):
-    keep_answers = {"WAIT": [{"result": 0}], "SELECT_RO": [{"ro": 0}]}
+    # the kept master (server_id 11, domain 0) has db2's domain 1 up to 7
+    keep_answers = {"WAIT": [{"result": 0}], "SELECT_RO": [{"ro": 0}],
+                    "CURRENT": [{"current_pos": "0-11-12,1-12-7"}]}
     other_answers = {"SELECT_RO": [{"ro": 0}], "POS": [{"pos": "0-11-9,1-12-7"}]}
     keep_answers.update(keep or {})
     other_answers.update(other or {})
@@ -136,7 +140,7 @@ def test_the_pair_ends_in_order_and_the_kept_master_stays_writable():
     out = up.critical(keep, other, ST)
     assert out["outcome"] == "unpaired" and out["pos"] == "0-11-9,1-12-7"
     assert other.sent == ["SELECT_RO", "RO_ON", "POS", "POS"]
-    assert keep.sent == ["WAIT", "STOP", "RESET", "SELECT_RO"]
+    assert keep.sent == ["WAIT", "STOP", "CURRENT", "RESET", "SELECT_RO"]
     assert all(ok for _, ok in steps(out)) and len(out["steps"]) == 6
 
 
@@ -171,18 +175,33 @@ def test_a_catch_up_timeout_leaves_an_other_that_was_read_only_read_only():
     assert "RO_OFF" not in other.sent
 
 
+def test_only_the_other_masters_own_transactions_are_waited_for():
+    """Its binlog also holds the kept master's transactions coming back: they are not waited for."""
+    keep, other = pair()
+    waits = []
+    st = dict(ST, wait=lambda pos: waits.append(pos) or ("WAIT", pos))
+    assert up.critical(keep, other, st)["outcome"] == "unpaired"
+    assert waits == ["1-12-7"]
+
+
+def test_the_kept_masters_own_writes_arriving_meanwhile_do_not_abort():
+    """Both positions move in the kept master's domain while it takes writes: no bypass."""
+    keep, other = pair(other={"POS": [[{"pos": "0-11-9,1-12-7"}], [{"pos": "0-11-15,1-12-7"}]]})
+    assert up.critical(keep, other, ST)["outcome"] == "unpaired"
+
+
 def test_a_write_that_bypassed_read_only_restarts_the_link_and_changes_nothing():
     keep, other = pair(other={"POS": [[{"pos": "0-11-9,1-12-7"}], [{"pos": "0-11-9,1-12-8"}]]})
     out = up.critical(keep, other, ST)
     assert out["outcome"] == "aborted" and "wrote past 0-11-9,1-12-7" in out["reason"]
-    assert "bypasses read_only" in out["reason"]
-    assert keep.sent == ["WAIT", "STOP", "START"] and other.sent[-1] == "RO_OFF"
+    assert "bypasses read_only" in out["reason"] and "db1 has 0-11-12,1-12-7" in out["reason"]
+    assert keep.sent == ["WAIT", "STOP", "CURRENT", "START"] and other.sent[-1] == "RO_OFF"
 
 
 def test_a_lost_second_read_restarts_the_link():
     keep, other = pair(other={"POS": [[{"pos": "0-11-9"}], OSError("gone")]})
     out = up.critical(keep, other, ST)
-    assert out["outcome"] == "aborted" and "cannot read db2's position again" in out["reason"]
+    assert out["outcome"] == "aborted" and "cannot read the positions again" in out["reason"]
     assert keep.sent[-1] == "START"
 
 
