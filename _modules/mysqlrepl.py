@@ -19,6 +19,7 @@ SQL text lives in ``_utils/mysqlrepl_sql.py``, certificate work in
 
 import concurrent.futures
 import contextvars
+import datetime
 import errno
 import functools
 import json
@@ -605,7 +606,18 @@ def _config_plan(cfg, srv):
             # the switch's precheck reads LOCK TABLES / FTWRL / BACKUP STAGE holders from it
             row = _one(conn, _sql("METADATA_LOCK_PLUGIN"))
             plugin_active = bool(row) and row["status"] == "ACTIVE"
-    return _u("mysqlrepl_settings.compare")(desired, live, static, current_text, wanted_text, plugin_active)
+        writable_replica = (_variables(conn, ["read_only"]).get("read_only") == "OFF"
+                            and _replica_status(conn, version) is not None)
+    plan = _u("mysqlrepl_settings.compare")(desired, live, static, current_text, wanted_text, plugin_active)
+    if writable_replica and "gtid_domain_id" in plan["live"]:
+        # a master of a two-master pair that pillar no longer names one (salt-run
+        # mysqlrepl.unpair not run yet): changing its domain while both take writes would
+        # put both masters' transactions in one domain; the file changes, the live value waits
+        have, want = plan["live"].pop("gtid_domain_id")
+        plan["held"] = {"gtid_domain_id": f"gtid_domain_id stays {have} (pillar: {want}) while {srv['name']} is "
+                                          "writable and replicates (a two-master pair: salt-run mysqlrepl.unpair "
+                                          "first)"}
+    return plan
 
 
 def config_apply(server=None, test=False):
@@ -676,6 +688,8 @@ def config_apply(server=None, test=False):
     comment = decision["comment"]
     if notes and decision["result"] is True and changes:
         comment = "; ".join(notes)
+    if plan.get("held"):
+        comment = "; ".join([comment] + list(plan["held"].values()))
     return {"result": decision["result"], "changes": changes, "comment": comment}
 
 
@@ -860,6 +874,91 @@ def status(server=None, servers=None):
     if any(srv["name"] in (t["near"], t["peer"]) for t in cfg.get("tunnels") or ()):
         out["tunnels"] = tunnel_status(srv["name"])
     return out
+
+
+def _cert_expiry(cfg, srv):
+    """
+    When the server's certificates end: ``server`` is the one it presents now,
+    read over a verified TLS connection to it (``Ssl_server_not_after`` is empty
+    on the socket): a renewed file counts once FLUSH SSL loaded it;
+    ``replication`` is the client certificate its link presents (read from its
+    file at each connect). ``{what: {"not_after": iso} or {"error": text}}``.
+    """
+    out = {}
+    try:
+        conn = _u("mysqlrepl_db.connect_tls")(
+            srv["address"], srv["port"], cfg["replication"]["user"], cfg["replication"]["password"],
+            srv["tls_files"]["ca"], srv["replication_cert"]["cert"], srv["replication_cert"]["key"],
+            connect_timeout=5, verify_identity=cfg["tls"]["verify_server_cert"], read_timeout=5)
+        with _u("mysqlrepl_db.closing")(conn):
+            row = _one(conn, _sql("SSL_SERVER_NOT_AFTER"))
+        live = row["Value"] if row else None
+        iso = _u("mysqlrepl_health.openssl_time")(live)
+        out["server"] = {"not_after": iso} if iso else {"error": "the server presents no certificate"}
+    except (CommandExecutionError, ValueError) as exc:
+        out["server"] = {"error": str(exc)}
+    path = srv["replication_cert"]["cert"]
+    pem = _read(path)
+    if pem is None:
+        out["replication"] = {"error": f"{path} is missing"}
+    else:
+        try:
+            out["replication"] = {"not_after": _u("mysqlrepl_tls.cert_info")(pem)["not_after"]}
+        except Exception as exc:  # pylint: disable=broad-except
+            out["replication"] = {"error": f"{path}: {exc}"}
+    return out
+
+
+def health_facts():
+    """
+    What ``salt-run mysqlrepl.health`` reads from this minion in one job: the
+    topology's settings (passwords redacted) and the ``status`` of each of this
+    minion's servers (``{"error": text}`` for one that cannot be read).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.health_facts
+    """
+    cfg = _cfg()
+    answers = status(servers=sorted(cfg["local_servers"]))
+    for name, answer in answers.items():
+        if "error" not in answer:
+            answer["certs"] = _cert_expiry(cfg, cfg["servers"][name])
+    return {"settings": settings(redacted=True), "servers": answers}
+
+
+def beacon_check(previous=None, lag_s=None, gtid_behind=None, cert_days=None):
+    """
+    One interval of the mysqlrepl beacon (``_beacons/mysqlrepl.py``): this
+    minion's servers read and judged by the health rules, compared with
+    ``previous`` (what the last interval returned as ``current``). Returns
+    ``{"events": [...], "current": {...}}``: an event per fault that appeared
+    (``tag`` = its kind) or went away (``<kind>/cleared``). Thresholds: pillar
+    ``mysqlrepl:health``, overridden by the arguments.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'db*' mysqlrepl.beacon_check lag_s=10
+    """
+    if not __pillar__.get("mysqlrepl"):
+        return {"events": [], "current": {}}  # not a db minion of any topology
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        facts = health_facts()
+        cfg = facts["settings"]
+        limits = dict(cfg.get("health") or {})
+        limits.update({k: v for k, v in (("lag_s", lag_s), ("gtid_behind", gtid_behind), ("cert_days", cert_days))
+                       if v is not None})
+        problems = _u("mysqlrepl_health.local_problems")(cfg, facts["servers"], now,
+                                                          _u("mysqlrepl_replication.server_at"), limits)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        problems = [{"server": __opts__["id"], "kind": "check_failed", "detail": f"cannot check: {exc}"}]
+    events, current = _u("mysqlrepl_health.beacon_events")(previous or {}, problems)
+    return {"events": events, "current": current}
 
 
 def gtid_position(server=None):

@@ -90,7 +90,9 @@ def ext_pillar(minion_id, pillar, hosts_key="infra:hosts_entries:masterdb", **kw
         return {}
     if "mysqlrepl" in pillar and record.get("master"):
         out["mysqlrepl"] = {"master": record["master"],
-                            "record": {k: record.get(k) for k in ("previous", "since", "jid")}}
+                            "record": dict({k: record.get(k) for k in ("previous", "since", "jid")},
+                                           # what the pillar files say (salt-run mysqlrepl.unpair checks it)
+                                           pillar_master=pillar["mysqlrepl"].get("master"))}
         if record.get("switching"):
             out["mysqlrepl"]["switching"] = record["switching"]
     if hosts_key and record.get("address"):

@@ -176,6 +176,72 @@ def topology(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=30):  
         return _fail({"result": False}, str(exc))
 
 
+def health(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10, lag_s=None, gtid_behind=None,  # pylint: disable=redefined-outer-name
+           cert_days=None):
+    """
+    One live answer for the whole topology: every db minion reads its servers
+    in one job (``mysqlrepl.health_facts``, all minions at once), and
+    ``_utils/mysqlrepl_health.py`` says what each server is, by the record and
+    as seen (role, read_only, IO/SQL threads, seconds and transactions behind
+    its source, TLS and cipher of its link, certificate expiry, last errors,
+    tunnels) and what is wrong. The verdict comes first: ``healthy``, or the
+    gravest problem; the exit code is 1 when unhealthy. A minion that does not
+    answer within ``timeout`` seconds makes its servers ``unreachable``.
+
+    Thresholds: pillar ``mysqlrepl:health`` (``lag_s``, ``gtid_behind``,
+    ``cert_days``), or these arguments. ``salt-run mysqlrepl.topology`` shows
+    the pillar's view instead; ``--out=json`` gives this one as data.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mysqlrepl.health
+        salt-run mysqlrepl.health topology=production lag_s=10 --out=json
+    """
+    started = time.monotonic()
+    if topology:
+        tgt = f"( {tgt} ) and I@mysqlrepl:topology:{topology}"
+    with _client() as client:
+        res = client.cmd(tgt, "mysqlrepl.health_facts", tgt_type=tgt_type, timeout=int(timeout), full_return=True)
+    cfgs, silent, answers, broken = {}, [], {}, {}
+    for minion, out in sorted(res.items()):
+        ret = out.get("ret") if isinstance(out, dict) else out
+        if isinstance(ret, str) and ret.startswith("Minion did not return"):
+            silent.append(minion)
+            continue
+        if not isinstance(ret, dict) or out.get("retcode", 0) != 0 or "settings" not in ret:
+            broken[minion] = str(ret)
+            continue
+        cfgs.setdefault(ret["settings"]["topology"], ret["settings"])
+        answers.update(ret["servers"])
+    if not cfgs:
+        reason = "; ".join(f"{m}: {r}" for m, r in broken.items()) or f"no minion matching {tgt!r} answered"
+        return _fail({"healthy": False}, f"cannot tell: {reason}")
+    if len(cfgs) > 1:
+        return _fail({"healthy": False}, f"several topologies ({', '.join(sorted(cfgs))}): name one with topology=")
+    cfg = next(iter(cfgs.values()))
+    for name, srv in cfg["servers"].items():
+        if name not in answers:
+            minion = srv["minion"]
+            why = ("did not answer" if minion in silent else f"failed: {broken[minion]}" if minion in broken
+                   else "is not targeted or has no mysqlrepl pillar")
+            answers[name] = {"error": f"minion {minion} {why}"}
+    limits = dict(cfg.get("health") or {})
+    limits.update({k: v for k, v in (("lag_s", lag_s), ("gtid_behind", gtid_behind), ("cert_days", cert_days))
+                   if v is not None})
+    now = datetime.datetime.now(datetime.timezone.utc)
+    report = __utils__["mysqlrepl_health.report"](cfg, answers, now, __utils__["mysqlrepl_replication.server_at"],
+                                                  limits)
+    report.update(topology=cfg["topology"], read_s=round(time.monotonic() - started, 3),
+                  master=cfg.get("master"), masters=cfg.get("masters"), switching=cfg.get("switching"))
+    # salt-run's exit code: the data's retcode (the return is {"outputter", "data"})
+    report["retcode"] = 0 if report["healthy"] else 1
+    if not report["healthy"]:
+        __context__["retcode"] = 1
+    return {"outputter": "mysqlrepl_health", "data": report}
+
+
 def _topology(topology, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10):  # pylint: disable=redefined-outer-name
     """The validated topology; raises with the reason."""
     if topology:
@@ -1115,13 +1181,25 @@ def unpair(keep, topology=None, dry_run=False, catchup_timeout=None):  # pylint:
     """
     ret = {"result": False, "comment": "", "keep": keep}
     try:
+        # the pillar was just edited: every db minion reads it afresh first
+        tgt = DEFAULT_TGT if not topology else f"( {DEFAULT_TGT} ) and I@mysqlrepl:topology:{topology}"
+        with _client() as client:
+            client.cmd(tgt, "saltutil.refresh_pillar", kwarg={"wait": True}, tgt_type="compound", timeout=30)
         cfg = _topology(topology)
         if cfg.get("two_masters"):
             plan = __utils__["mysqlrepl_unpair.find_pair"](cfg, keep, {}, None)
             raise SaltInvocationError(plan["refusal"])
         if keep not in cfg["servers"]:
             raise SaltInvocationError(f"unknown server {keep!r}")
-        # a record from the topology's one-master past may still name another server
+        # the pillar files must name keep; a record from the topology's one-master past
+        # may still name another server (ext_pillar), unpair replaces it
+        named = (cfg.get("record") or {}).get("pillar_master") or cfg["master"]
+        if named != keep:
+            raise SaltInvocationError(f"pillar names {named} the master (mysqlrepl:master), not {keep}: set "
+                                      f"master: {keep} in pillar, or run with keep={named}; nothing changed")
+        if cfg["master"] != keep:
+            ret["stale_record"] = (f"the master record (from before the pair) named {cfg['master']}: "
+                                   f"replaced by one naming {keep}")
         cfg = dict(cfg, master=keep)
         with _topology_lock(cfg["topology"], f"unpair, keeping {keep}"):
             states = {name: (res if ok else {"error": res}) for name, (ok, res) in
@@ -1131,20 +1209,26 @@ def unpair(keep, topology=None, dry_run=False, catchup_timeout=None):  # pylint:
             if plan["result"] is False:
                 raise CommandExecutionError(plan["refusal"])
             if plan["result"] is True:
-                ret.update(result=True, comment=plan["nothing"])
+                if ret.get("stale_record") and not dry_run:
+                    _write_record(cfg["topology"], _new_record(cfg, keep, previous=None, jid="unpair"))
+                    _refresh_pillar(cfg)
+                ret.update(result=True, comment=plan["nothing"] + (f"; {ret['stale_record']}"
+                                                                    if ret.get("stale_record") else ""))
                 return ret
             other = plan["other"]
             ret.update(other=other, followers=plan["followers"])
             if dry_run:
-                ret.update(result=None, comment=f"would end the pair: {plan['comment']}")
+                ret.update(result=None, comment=("would finish ending the pair: " if plan.get("finish")
+                                                 else "would end the pair: ") + plan["comment"])
                 return ret
-            _progress(f"ending the pair {keep}/{other}: {other} read-only, {keep} catching up")
-            catchup = float(catchup_timeout or cfg["replication"]["wait_timeout"])
-            crit = _call(cfg["servers"][keep]["minion"], "mysqlrepl.unpair_critical", [other],
-                         {"server": keep, "catchup_timeout": catchup}, timeout=int(catchup + 60))
-            ret["critical"] = crit
-            if crit.get("outcome") != "unpaired":
-                raise CommandExecutionError(f"{crit.get('outcome')}: {crit.get('reason')}")
+            if not plan.get("finish"):
+                _progress(f"ending the pair {keep}/{other}: {other} read-only, {keep} catching up")
+                catchup = float(catchup_timeout or cfg["replication"]["wait_timeout"])
+                crit = _call(cfg["servers"][keep]["minion"], "mysqlrepl.unpair_critical", [other],
+                             {"server": keep, "catchup_timeout": catchup}, timeout=int(catchup + 60))
+                ret["critical"] = crit
+                if crit.get("outcome") != "unpaired":
+                    raise CommandExecutionError(f"{crit.get('outcome')}: {crit.get('reason')}")
             _write_record(cfg["topology"], _new_record(cfg, keep, previous=None, unpaired=other, jid="unpair"))
             _refresh_pillar(cfg)
             _progress(f"{keep} is the only master; repointing {', '.join(plan['followers']) or 'no replica'}")

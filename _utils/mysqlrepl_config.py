@@ -123,6 +123,16 @@ DEFAULTS = {
     # master's minion over verified TLS (REQUIRE X509); made on every server
     # when a password is set
     "admin": {"user": "mysqlrepl_admin", "host": "%", "password": None},
+    # what salt-run mysqlrepl.health and the mysqlrepl beacon call a problem
+    "health": {
+        # a replica further behind than this (Seconds_Behind_Master), or lacking more
+        # transactions than gtid_behind of its source's binlog in a domain
+        "lag_s": 30,
+        "gtid_behind": 1000,
+        # a certificate within this many days of expiry (the highstate renews them
+        # tls:renew_days before: this fires when renewal did not happen)
+        "cert_days": 14,
+    },
     "switch": {
         # seconds the old master's SET GLOBAL read_only may wait for running
         # writes and locks (lock_wait_timeout); past it the switch aborts, unchanged
@@ -154,7 +164,7 @@ _TOP = {
     "seed": (dict, False), "servers": (dict, True), "server_defaults": (dict, False),
     # consumed by map.jinja / SLS only
     "lookup": (dict, False), "manage_packages": (bool, False),
-    "admin": (dict, False), "switch": (dict, False),
+    "admin": (dict, False), "switch": (dict, False), "health": (dict, False),
     # written by the formula's ext_pillar from the master record, not by hand
     "switching": (dict, False), "record": (dict, False),
 }
@@ -172,6 +182,7 @@ _SSHD = {"host": (str, False), "port": (int, False), "host_key_file": (str, Fals
          "authorized_keys_file": (str, False), "config_file": (str, False), "config_dir": (str, False),
          "service": (str, False), "sshd": (str, False)}
 _ADMIN = {"user": (str, False), "host": (str, False), "password": (str, False)}
+_HEALTH = {"lag_s": ((int, float), False), "gtid_behind": (int, False), "cert_days": ((int, float), False)}
 _SWITCH = {
     "lock_budget": (int, False), "catchup_timeout": ((int, float), False),
     "max_lag": (int, False), "long_trx_seconds": (int, False), "large_trx_rows": (int, False),
@@ -371,6 +382,7 @@ def load(raw, minion_id=None):
     _check(raw.get("seed") or {}, _SEED, path + ["seed"])
     _check(raw.get("admin") or {}, _ADMIN, path + ["admin"])
     _check(raw.get("switch") or {}, _SWITCH, path + ["switch"])
+    _check(raw.get("health") or {}, _HEALTH, path + ["health"])
     _check(raw.get("server_defaults") or {},
            {k: v for k, v in _SERVER.items() if k not in _SERVER_ONLY},
            path + ["server_defaults"])
@@ -406,6 +418,9 @@ def load(raw, minion_id=None):
             _fail(path + ["switch", "admin_users"], f"entries look like user@host, got {entry!r}")
     if cfg["admin"]["password"] == "":
         _fail(path + ["admin", "password"], "must not be empty")
+    for key, value in cfg["health"].items():
+        if value < 0:
+            _fail(path + ["health", key], "must not be negative")
     tls = cfg["tls"]
     if tls["renew_days"] >= tls["cert_days"]:
         _fail(path + ["tls", "renew_days"], "must be smaller than tls:cert_days")

@@ -473,6 +473,8 @@ APP_SESSIONS = (
 )
 
 SELECT_READ_ONLY = ("SELECT @@GLOBAL.read_only AS ro", None)
+# the certificate the server presents now (changes with FLUSH SSL, not with the file)
+SSL_SERVER_NOT_AFTER = ("SHOW GLOBAL STATUS LIKE 'Ssl_server_not_after'", None)
 
 # a two-master pair's session-level settings: a session keeps the auto_increment_* and
 # gtid_domain_id it connected with, so sessions older than the live change would write

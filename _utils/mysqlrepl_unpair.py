@@ -71,8 +71,7 @@ def find_pair(cfg, keep, states, server_at):
     if other is None:
         rs = states[keep]["replica"]
         if rs is None:
-            return {"result": True, "nothing": f"{keep} replicates from nobody: it is the only master, "
-                                               "there is no pair to end"}
+            return _unfinished(cfg, keep, states, server_at)
         return {"result": False, "refusal": (
             f"{keep} replicates from {rs['host']}:{rs['port']}, no server of the topology; nothing changed")}
     if other in down:
@@ -99,6 +98,35 @@ def foreign(pos, server_id):
     """GTID list ``pos`` without the entries written by ``server_id``."""
     parts = [p.strip() for p in (pos or "").replace("\n", "").split(",") if p.strip()]
     return ",".join(p for p in parts if int(p.split("-")[1]) != int(server_id))
+
+
+def _unfinished(cfg, keep, states, server_at):
+    """
+    ``keep`` replicates from nobody: the pair is over, or an earlier run ended it
+    and stopped before repointing (its answer lost, a replica down then). The
+    other master is read-only and replicates from ``keep``; replicas still
+    linked to it are repointed (``finish``), else there is nothing to do.
+    """
+    def link_of(name):
+        st = states[name]
+        return None if "error" in st else server_at(cfg, name, st["replica"])
+
+    former = {n for n in states if n != keep and link_of(n) == keep
+              and (states[n].get("variables") or {}).get("read_only") == "ON"}
+    followers = sorted(n for n in states if n != keep and n not in former and link_of(n) in former)
+    if not followers:
+        return {"result": True, "nothing": f"{keep} replicates from nobody: it is the only master, "
+                                           "there is no pair to end"}
+    other = sorted({link_of(n) for n in followers})
+    if len(other) > 1:
+        return {"result": False, "refusal": (
+            f"{', '.join(followers)} replicate from {', '.join(other)}, read-only replicas of {keep}: repoint "
+            "them with the highstate after checking them; nothing changed")}
+    unread = sorted(n for n, st in states.items() if "error" in st)
+    return {"result": None, "finish": True, "keep": keep, "other": other[0], "followers": followers,
+            "unread": unread,
+            "comment": (f"{keep} has no link any more and {other[0]} replicates from it; {', '.join(followers)} "
+                        f"still replicate from {other[0]}: repointed to {keep}")}
 
 
 def critical(keep, other, st, clock=time.monotonic):
@@ -134,6 +162,7 @@ def critical(keep, other, st, clock=time.monotonic):
     rollback_notes = []
 
     def rollback(was_writable, restart):
+        """Undo steps 1 and 4; the text says what is left to do by hand, if anything."""
         if restart:
             try:
                 keep.run(st["start_replica"])
@@ -142,6 +171,8 @@ def critical(keep, other, st, clock=time.monotonic):
         if was_writable:
             try:
                 other.run(st["other_writable"])
+                rollback_notes.append(f"{other.name} is writable again; the highstate, with the one-master "
+                                      "pillar, makes it read-only: run unpair again soon")
             except Exception as exc:  # pylint: disable=broad-except
                 rollback_notes.append(f"{other.name} stays read-only ({exc}): make it writable by hand if "
                                       "its apps still write there")
@@ -179,8 +210,9 @@ def critical(keep, other, st, clock=time.monotonic):
         done("catch_up", t0, ok=False)
         note = rollback(was_writable, restart=False)
         why = "timed out" if waited == -1 else f"failed ({waited})"
-        return end("aborted", f"{keep.name} did not apply {other.name}'s position {pos}: waiting {why}; "
-                              "nothing changed" + (f" ({note})" if note else ""))
+        return end("aborted", f"{keep.name} did not apply {other.name}'s position {pos}: waiting {why} (is "
+                              f"{keep.name} replicating from {other.name}? SHOW SLAVE STATUS there; a long "
+                              "backlog needs catchup_timeout=); nothing changed" + (f" ({note})" if note else ""))
     done("catch_up", t0)
     # 4. the link stopped, and the other master wrote nothing since
     t0 = clock()

@@ -31,6 +31,7 @@ Layout of the runtime directory::
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -815,6 +816,7 @@ def cmd_up(args):
             if proc.returncode == 0:
                 raise Failed(f"the switch on a two-master pair was not refused: {data}")
             say(f"      {(data or {}).get('comment') if isinstance(data, dict) else _proc_tail(proc)}")
+        show_health(salt)
         finish_up(root, state)
         return
 
@@ -857,7 +859,23 @@ def cmd_up(args):
         if problems:
             raise Failed("replication status:\n" + "\n".join(f"  {p}" for p in problems))
 
+    show_health(salt)
     finish_up(root, state)
+
+
+def show_health(salt):
+    """salt-run mysqlrepl.health: printed as the formula's outputter prints it; must be healthy."""
+    with Step(f"the operator's view   ({salt.shown('salt-run', 'mysqlrepl.health')})"):
+        proc, data = salt.run("mysqlrepl.health", f"topology={TOPOLOGY}")
+        if not isinstance(data, dict) or "verdict" not in data:
+            raise Failed(f"salt-run mysqlrepl.health: unexpected answer (exit {proc.returncode}):\n{_proc_tail(proc)}")
+        spec = importlib.util.spec_from_file_location("_mysqlrepl_health_out", REPO / "_output" / "mysqlrepl_health.py")
+        out = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(out)
+        for line in out.render(data).splitlines():
+            say(f"      {line}")
+        if proc.returncode != 0 or not data.get("healthy"):
+            raise Failed(f"the topology is not healthy: {data['verdict']}")
 
 
 def finish_up(root, state):

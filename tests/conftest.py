@@ -225,6 +225,9 @@ def salt_minions(salt_master, salt_cli, testsvc_dir, mariadb_servers):
                 # module_dirs entries are roots holding _modules/ (or modules/)
                 "module_dirs": [str(SUPPORT_SALT_DIR)],
                 "log_level_logfile": "debug",
+                # Salt's default: beacons count their interval in loop_interval steps while
+                # running once a second (salt-factories' 0.05 would make interval: 2 last 40 s)
+                "loop_interval": 1,
             }
             minions[minion_id] = salt_master.salt_minion_daemon(minion_id, overrides=overrides)
         with _Timer("salt-minions"):

@@ -587,15 +587,22 @@ def test_unpair_keeps_one_master_loses_no_row_and_repoints_the_other_masters_rep
         w.start()
     try:
         write_pillar(pillar)
-        # until unpair runs, the highstate leaves db3 and db2 alone and says what to run
+        # until unpair runs, the highstate leaves db3 and db2 alone and says what to run...
         pending = all_ok(apply(salt_cli, test=True))
         comments = {m: " ".join(c for _i, c in v) for m, v in pending.items()}
         assert "salt-run mysqlrepl.unpair keep=db3" in comments.get("db3", ""), pending
         assert "mysqlrepl.unpair keep=db3" in comments.get("db2", ""), pending
+        time.sleep(1)
+        # ...a highstate run meanwhile (a schedule) makes db1 read-only (a replica in the new
+        # pillar), and keeps db3's GTID domain while db3 is writable and replicates
+        between = all_ok(apply(salt_cli))
+        assert "gtid_domain_id stays 1 (pillar: 0)" in " ".join(c for _i, c in between.get("db3", [])), between
+        assert db3.query("SELECT @@gtid_domain_id AS d, @@read_only AS ro")[0] == {"d": 1, "ro": 0}
+        assert db1.query("SELECT @@read_only AS ro")[0]["ro"] == 1
+        wrong = salt_run_cli.run("mysqlrepl.unpair", "keep=db1")
+        assert wrong.returncode == 1 and "pillar names db3 the master" in wrong.stdout, wrong.stdout
         dry = salt_run_cli.run("mysqlrepl.unpair", "keep=db3", "dry_run=True")
         assert (dry.data["other"], dry.data["followers"]) == ("db1", ["db2"]), dry.stdout
-        assert db1.query("SELECT @@read_only AS ro")[0]["ro"] == 0
-        time.sleep(1)
         ret = salt_run_cli.run("mysqlrepl.unpair", "keep=db3")
         assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
         time.sleep(1)

@@ -31,16 +31,19 @@ def link(to, running="Yes"):
     return {"host": srv["address"], "port": srv["port"], "io_running": running, "sql_running": running}
 
 
-def states(**links):
-    """db1 and db2 a live pair, db3 a replica of db2, db4 of db1 (overridable)."""
+def states(read_only=None, **links):
+    """db1 and db2 a live pair, db3 a replica of db2, db4 of db1 (overridable); ``read_only``:
+    ``{name: "ON"/"OFF"}`` (default: db1 and db2 writable, the others not)."""
     out = {"db1": link("db2"), "db2": link("db1"), "db3": link("db2"), "db4": link("db1")}
     out.update(links)
-    return {n: (rs if isinstance(rs, dict) and "error" in rs else {"replica": rs, "variables": {}})
+    ro = {"db1": "OFF", "db2": "OFF", "db3": "ON", "db4": "ON"}
+    ro.update(read_only or {})
+    return {n: (rs if isinstance(rs, dict) and "error" in rs else {"replica": rs, "variables": {"read_only": ro[n]}})
             for n, rs in out.items()}
 
 
-def find(keep="db1", cfg=CFG, **links):
-    return up.find_pair(cfg, keep, states(**links), rp.server_at)
+def find(keep="db1", cfg=CFG, read_only=None, **links):
+    return up.find_pair(cfg, keep, states(read_only, **links), rp.server_at)
 
 
 # -- find_pair -----------------------------------------------------------------------------
@@ -63,8 +66,21 @@ def test_pillar_still_naming_a_pair_is_refused():
 
 
 def test_a_master_that_replicates_from_nobody_needs_nothing():
-    out = find(db1=None)
+    out = find(db1=None, db3=link("db1"))
     assert out["result"] is True and "no pair to end" in out["nothing"]
+
+
+def test_an_unpair_stopped_before_repointing_is_finished_by_a_second_run():
+    """The pair ended (db1 no link, db2 read-only under it) but db3 still replicates from db2."""
+    out = find(db1=None, read_only={"db2": "ON"})
+    assert (out["result"], out.get("finish"), out["other"], out["followers"]) == (None, True, "db2", ["db3"])
+    assert "still replicate from db2: repointed to db1" in out["comment"]
+
+
+def test_a_writable_server_under_the_master_is_not_taken_for_the_former_other():
+    """db2 writable: not a finished unpair's other master, so its replica is left to the highstate."""
+    out = find(db1=None)
+    assert out["result"] is True
 
 
 def test_a_one_way_link_is_not_a_pair():
@@ -166,6 +182,7 @@ def test_a_catch_up_timeout_makes_the_other_writable_again():
     keep, other = pair(keep={"WAIT": [{"result": -1}]})
     out = up.critical(keep, other, ST)
     assert out["outcome"] == "aborted" and "timed out" in out["reason"] and "nothing changed" in out["reason"]
+    assert "catchup_timeout=" in out["reason"] and "db2 is writable again" in out["reason"]
     assert other.sent[-1] == "RO_OFF" and keep.sent == ["WAIT"]
 
 
