@@ -320,7 +320,7 @@ def _issued_path(cfg, server, cert_id):
 
 def _cert_wanted(cfg, cert, info):
     """Why an existing certificate does not fit (None when it does): ``mysqlrepl_tls.cert_unfit``."""
-    return _u("mysqlrepl_tls.cert_unfit")(cert, info, cfg["tls"]["renew_days"])
+    return _u("mysqlrepl_tls.cert_unfit")(cert, info, cfg["tls"]["renew_days"], cfg["tls"]["cert_days"])
 
 
 def _csr_fits(cert, csr_pem, key_fp=None):
@@ -328,7 +328,8 @@ def _csr_fits(cert, csr_pem, key_fp=None):
 
 
 def _cert_problem(cfg, cert, pem, key_fp, ca_pem):
-    return _u("mysqlrepl_tls.cert_problem")(cert, pem, key_fp, ca_pem, cfg["tls"]["renew_days"])
+    return _u("mysqlrepl_tls.cert_problem")(cert, pem, key_fp, ca_pem, cfg["tls"]["renew_days"],
+                                            cfg["tls"]["cert_days"])
 
 
 def sign_pending(test=False):
@@ -911,9 +912,11 @@ def _cert_expiry(cfg, srv):
 
 def health_facts():
     """
-    What ``salt-run mysqlrepl.health`` reads from this minion in one job: the
-    topology's settings (passwords redacted) and the ``status`` of each of this
-    minion's servers (``{"error": text}`` for one that cannot be read).
+    What ``salt-run mysqlrepl.health`` reads from this minion in one job: what
+    the runner needs of the topology's settings (``mysqlrepl_health.view``:
+    servers, roles, tunnel routes, thresholds; no secrets) and the ``status`` of
+    each of this minion's servers (``{"error": text}`` for one that cannot be
+    read), with the certificates' expiry.
 
     CLI Example:
 
@@ -926,7 +929,7 @@ def health_facts():
     for name, answer in answers.items():
         if "error" not in answer:
             answer["certs"] = _cert_expiry(cfg, cfg["servers"][name])
-    return {"settings": settings(redacted=True), "servers": answers}
+    return {"settings": _u("mysqlrepl_health.view")(cfg), "servers": answers}
 
 
 def beacon_check(previous=None, lag_s=None, gtid_behind=None, cert_days=None):
@@ -1353,15 +1356,18 @@ def seed_send(to, server=None, port=None, timeout=None):
     host, port = where["host"], int(port or where["seed_port"])
     timeout = int(timeout or cfg["seed"]["timeout"])
 
+    # what the copy will be, roughly: for the runner's estimated time left
+    total = _u("mysqlrepl_seed.copy_estimate")(srv["datadir"], ("mysql-bin", "relay-bin"))
+
     @_bound  # called in a thread of the stream's
     def progress(nbytes):
-        _fire(f"seed/{target['name']}/send", {"bytes": nbytes, "server": srv["name"]})
+        _fire(f"seed/{target['name']}/send", {"bytes": nbytes, "total": total, "server": srv["name"]})
 
     with _u("mysqlrepl_db.option_file")({"client": _u("mysqlrepl_db.client_options")(srv, __opts__)}) as optfile:
         result = _u("mysqlrepl_stream.send_backup")(
             host, port, srv["tls_files"]["ca"], srv["tls_files"]["cert"],
             srv["tls_files"]["key"], optfile, timeout=timeout, progress=progress,
-            datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
+            progress_interval=float(cfg["seed"]["progress_interval"]), datadir=srv["datadir"], socket=_u("mysqlrepl_db.local_params")(srv, __opts__)["unix_socket"],
             log_copy_interval=cfg["seed"]["log_copy_interval"],
             # how long the server holds BACKUP STAGE BLOCK_COMMIT, seen on its own socket (from a
             # forked process: the function and its options are resolved here, with the loader)
@@ -1447,7 +1453,8 @@ def seed_receive(server=None, port=None, timeout=None, force=False, catch_up=Fal
         return _u("mysqlrepl_stream.receive_backup")(
             srv["address"], port, incoming, files["ca"], files["cert"], files["key"], master["address"],
             timeout=timeout, ready=_bound(lambda: _fire(f"seed/{name}/ready", {"port": port, "server": name})),
-            progress=_bound(lambda nbytes: _fire(f"seed/{name}/receive", {"bytes": nbytes, "server": name})))
+            progress=_bound(lambda nbytes: _fire(f"seed/{name}/receive", {"bytes": nbytes, "server": name})),
+            progress_interval=float(cfg["seed"]["progress_interval"]))
 
     def chown_tree(path):
         uid, gid = _owner_ids(srv)

@@ -18,6 +18,7 @@ CLI Example:
 
 import concurrent.futures
 import contextlib
+import contextvars
 import datetime
 import fcntl
 import functools
@@ -374,6 +375,30 @@ def seed(replica=None, topology=None, force=False, timeout=None):  # pylint: dis
         return _fail(ret, str(exc))
 
 
+def _relay_seed_progress(replica, master, done):
+    """
+    While ``done`` is not set: every progress event the master's minion fires as it
+    sends (``salt/mysqlrepl/seed/<replica>/send``: bytes so far, the estimate)
+    becomes a line in salt-run's output (``_utils/mysqlrepl_seed.progress_line``).
+    """
+    tag = f"salt/mysqlrepl/seed/{replica}/send"
+    started = time.monotonic()
+    line = __utils__["mysqlrepl_seed.progress_line"]
+    try:
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as event:
+            while not done.is_set():
+                got = event.get_event(wait=0.5, tag=tag, full=True)
+                if not got:
+                    continue
+                data = got.get("data") or {}
+                data = data.get("data", data) if isinstance(data.get("data"), dict) else data
+                if "bytes" in data:
+                    _progress(line(replica, master, int(data["bytes"]), data.get("total"),
+                                   time.monotonic() - started))
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("mysqlrepl: seed progress relay stopped: %s", exc)
+
+
 def _pair_refusal(cfg, what):
     """Why ``what`` (switch, record_set, rejoin) does not apply to a two-master pair."""
     a, b = cfg["masters"]
@@ -431,12 +456,22 @@ def _seed(cfg, replica, force, timeout, ret):
 
         thread = threading.Thread(target=receive, args=(srv, outcome), daemon=True)
         thread.start()
+        copying = threading.Event()
+        # in a copy of this job's loader context: a bare thread has no __utils__ / __opts__
+        relay = threading.Thread(target=contextvars.copy_context().run,
+                                 args=(_relay_seed_progress, name, master["name"], copying), daemon=True)
+        relay.start()
         try:
             outcome["send"] = _call(master["minion"], "mysqlrepl.seed_send", [],
                                     {"to": name, "server": master["name"], "timeout": timeout},
                                     timeout=timeout + 60)
         except CommandExecutionError as exc:
             outcome["send_error"] = str(exc)
+        finally:
+            copying.set()
+        relay.join(5)
+        if "send" in outcome:
+            _progress(f"{name} <- {master['name']}: copied, preparing and starting it")
         thread.join(timeout + 180)
         if "receive_error" in outcome or "send_error" in outcome or "receive" not in outcome:
             return _fail(ret, f"seeding {name} failed: "

@@ -96,6 +96,8 @@ DEFAULTS = {
         # mariadb-backup --log-copy-interval (ms): BACKUP STAGE BLOCK_COMMIT waits
         # for the log copy thread, so this bounds how long commits stall
         "log_copy_interval": 10,
+        # seconds between progress lines of salt-run mysqlrepl.seed while it copies
+        "progress_interval": 2,
     },
     "server_defaults": {},
     # two-master topologies (``masters: [a, b]``): every master's auto_increment_increment;
@@ -195,7 +197,8 @@ _CA = {
     "OU": (str, False), "emailAddress": (str, False),
 }
 _TLS = {
-    "cert_days": (int, False), "renew_days": (int, False), "bits": (int, False),
+    # floats allowed: 0.01 days (14 minutes) for rotation drills
+    "cert_days": ((int, float), False), "renew_days": ((int, float), False), "bits": (int, False),
     "verify_server_cert": (bool, False), "subject": (dict, False),
 }
 _SUBJECT_FIELDS = ("C", "ST", "L", "O", "OU", "emailAddress")
@@ -206,7 +209,7 @@ _REPLICATION = {
     "semi_sync": (bool, False), "semi_sync_timeout_ms": (int, False),
 }
 _SEED = {"method": (str, False), "port": (int, False), "timeout": (int, False),
-         "log_copy_interval": (int, False)}
+         "log_copy_interval": (int, False), "progress_interval": ((int, float), False)}
 _SERVER = {
     "minion": (str, False), "address": (str, True), "port": (int, False),
     "server_id": (int, False), "gtid_domain_id": (int, False), "san": (list, False),
@@ -409,6 +412,8 @@ def load(raw, minion_id=None):
         _fail(path + ["seed", "method"], f"must be one of {', '.join(SEED_METHODS)}")
     if not 1 <= cfg["seed"]["port"] <= 65535:
         _fail(path + ["seed", "port"], "must be a TCP port (1-65535)")
+    if cfg["seed"]["progress_interval"] <= 0:
+        _fail(path + ["seed", "progress_interval"], "must be greater than 0")
     sw = cfg["switch"]
     for key in ("lock_budget", "catchup_timeout", "ready_timeout"):
         if sw[key] <= 0:

@@ -223,7 +223,7 @@ def server_row(cfg, name, answer, answers, now, server_at, limits=None):
             problem("cert_expiry", f"{name}: {what} certificate expired on {cert['not_after']}")
         elif left <= limits["cert_days"]:
             problem("cert_expiry", f"{name}: {what} certificate expires in {left:.1f} days ({cert['not_after']})")
-    row["cert_days_left"] = round(min(days), 2) if days else None
+    row["cert_days_left"] = round(min(days), 4) if days else None
     # 7 (one server's part): a replica that is writable
     if writable and not master:
         problem("writable_replica", f"{name} is writable but the master of record is "
@@ -273,6 +273,24 @@ def report(cfg, answers, now, server_at, limits=None):
     else:
         verdict = f"healthy: {len(rows)} servers, every link running and verified"
     return {"healthy": not problems, "verdict": verdict, "problems": problems, "servers": rows}
+
+
+def view(cfg):
+    """
+    What :func:`report` needs of a validated pillar, and no more: every minion
+    sends it with its answer, so it stays small (server addresses and minions,
+    roles, tunnel routes, the switch mark, thresholds; no paths, no secrets).
+    """
+    servers = {n: {k: s.get(k) for k in ("name", "minion", "address", "port", "tunnel_host")}
+               for n, s in cfg["servers"].items()}
+    reach = {}
+    for frm, routes in (cfg.get("reach") or {}).items():
+        tunnelled = {to: r for to, r in routes.items() if r.get("tunnel")}
+        if tunnelled:
+            reach[frm] = tunnelled
+    return {"topology": cfg["topology"], "master": cfg.get("master"), "masters": cfg.get("masters"),
+            "two_masters": cfg.get("two_masters"), "sources": cfg.get("sources"),
+            "switching": cfg.get("switching"), "health": cfg.get("health"), "servers": servers, "reach": reach}
 
 
 def local_problems(cfg, answers, now, server_at, limits=None):

@@ -327,3 +327,47 @@ def receive(name, service, master, where, ops, tls_files=(), force=False, catch_
         out["caught_up"] = {"pos": pos, "seconds": round(clock() - t0, 3)}
     timings["total_s"] = round(clock() - started, 3)
     return out
+
+
+# ---------------------------------------------------------------------------
+# what salt-run mysqlrepl.seed prints while the copy runs
+# ---------------------------------------------------------------------------
+
+def copy_estimate(datadir, skip_prefixes=()):
+    """
+    Bytes a physical backup of ``datadir`` copies, roughly: every file under
+    it but the binary and relay logs (``skip_prefixes``: their basenames),
+    sockets, pid files and the InnoDB temporary tablespace. For the estimated
+    time left only.
+    """
+    total = 0
+    for root, dirs, files in os.walk(datadir):
+        dirs[:] = [d for d in dirs if d != "#innodb_temp"]
+        for name in files:
+            if name.endswith((".pid", ".sock")) or name == "ibtmp1" or name.startswith(tuple(skip_prefixes)):
+                continue
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _size(nbytes):
+    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if nbytes >= div:
+            return f"{nbytes / div:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def progress_line(replica, master, nbytes, total, elapsed):
+    """``db3 <- db1: 41.2 MB of ~80.0 MB (52%), 20.6 MB/s, ~2 s left`` (``total``: an estimate or None)."""
+    rate = nbytes / elapsed if elapsed > 0 else 0.0
+    line = f"{replica} <- {master}: {_size(nbytes)}"
+    if total:
+        line += f" of ~{_size(total)} ({min(100, round(100 * nbytes / total))}%)"
+    line += f", {_size(rate)}/s"
+    if total and rate > 0:
+        left = max(0.0, (total - nbytes) / rate)
+        line += f", ~{left:.0f} s left" if nbytes < total else ", finishing"
+    return line

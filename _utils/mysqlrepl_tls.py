@@ -120,6 +120,19 @@ def _int_at_least(value, what, minimum):
     return number
 
 
+def _days_positive(value, what="days"):
+    """A certificate lifetime in days: an int, a float (0.01 = 14.4 minutes, rotation drills) or a decimal string."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise CommandExecutionError(f"{what} must be a number of days, got {value!r}") from None
+    if not number > 0:
+        raise CommandExecutionError(f"{what} must be greater than 0, got {value!r}")
+    return number
+
+
 def _usage(usage):
     """Return the extended key usage OIDs for a usage name."""
     if usage not in _USAGES:
@@ -465,9 +478,9 @@ def sign_csr(csr_pem, ca_cert_path, ca_key_path, days=365, digest="sha256", usag
 
     ``usage``: "server" (serverAuth), "client" (clientAuth) or "server_client" (both).
     Subject and SAN are copied from the CSR; validity starts 5 minutes ago and ends after
-    ``days`` days, clipped to the CA's own notAfter.
+    ``days`` days (a fraction is fine), clipped to the CA's own notAfter.
     """
-    days = _int_at_least(days, "days", 1)
+    days = _days_positive(days)
     hash_alg = _digest(digest)
     eku = _usage(usage)
     csr = _load_csr(csr_pem)
@@ -806,11 +819,21 @@ def subject_string(CN, subject=None):  # pylint: disable=invalid-name
 # does what is on disk fit what pillar asks (the execution module's TLS states)
 # ---------------------------------------------------------------------------
 
-def cert_unfit(cert_spec, info, renew_days):
+# a certificate valid for longer than tls:cert_days by more than this was issued under a
+# longer lifetime (pillar shortened it): re-issued. Slack for clocks that differ between minions.
+LIFETIME_SLACK_DAYS = 1 / 24
+
+
+def _days(days):
+    return f"{days:.0f} days" if abs(days) >= 1 else f"{days * 1440:.0f} minutes"
+
+
+def cert_unfit(cert_spec, info, renew_days, cert_days=None):
     """
     Why a certificate (``cert_info`` of it) does not fit ``cert_spec`` (a server's
-    ``certs`` entry of the validated pillar: ``cn``, ``subject``, ``san``), or is due
-    for renewal; ``None`` when it fits.
+    ``certs`` entry of the validated pillar: ``cn``, ``subject``, ``san``), is due
+    for renewal (``renew_days`` or fewer left), or outlives ``cert_days`` (pillar
+    shortened the lifetime); ``None`` when it fits.
     """
     want = subject_string(cert_spec["cn"], cert_spec["subject"])
     if info["subject_str"] != want:
@@ -819,7 +842,10 @@ def cert_unfit(cert_spec, info, renew_days):
         return (f"subjectAltName is {', '.join(info['san']) or 'empty'}, "
                 f"want {', '.join(cert_spec['san']) or 'empty'}")
     if info["days_remaining"] <= renew_days:
-        return f"expires in {info['days_remaining']:.0f} days (renew at {renew_days})"
+        return f"expires in {_days(info['days_remaining'])} (renew at {_days(renew_days)} left)"
+    if cert_days is not None and info["days_remaining"] > cert_days + LIFETIME_SLACK_DAYS:
+        return (f"valid for {_days(info['days_remaining'])} more, longer than tls:cert_days "
+                f"({_days(cert_days)}): re-issued")
     return None
 
 
@@ -831,10 +857,10 @@ def csr_fits(cert_spec, csr_pem, key_fp=None):
             and (key_fp is None or csr["public_key_sha256"] == key_fp))
 
 
-def cert_problem(cert_spec, pem, key_fp, ca_pem, renew_days):
+def cert_problem(cert_spec, pem, key_fp, ca_pem, renew_days, cert_days=None):
     """Why the certificate ``pem`` cannot serve as ``cert_spec`` with the key ``key_fp`` (None when it can)."""
     info = cert_info(pem)
-    why = cert_unfit(cert_spec, info, renew_days)
+    why = cert_unfit(cert_spec, info, renew_days, cert_days)
     if why:
         return why
     if info["public_key_sha256"] != key_fp:

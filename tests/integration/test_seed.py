@@ -152,6 +152,10 @@ def test_seed_under_load_keeps_every_row_once_and_takes_no_global_read_lock(
     assert ret.returncode == 0, ret
     assert ret.data["result"] is True, ret.data
     assert set(ret.data["seeded"]) == {"db3"}, ret.data
+    # salt-run printed progress while it copied (pillar seed:progress_interval 0.5 s here)
+    copying = re.findall(r"db3 <- db1: [0-9.]+ [kMG]?B of ~[0-9.]+ [kMG]?B \(\d+%\), [0-9.]+ [kMG]?B/s", ret.stdout)
+    assert copying, ret.stdout[:3000]
+    assert "db3 <- db1: copied, preparing and starting it" in ret.stdout
     assert db3.pid() != old_pid, "db3 was not restarted on a new datadir"
     assert writer.errors == []
     # a floor only: the writer did write through the seed (a stall is caught below, commit by

@@ -25,7 +25,8 @@ def build_pillar(servers, harness_root, **overrides):
                "OU": "WebPlatform Docs", "emailAddress": "ops@example.org"},
         "tls": {"subject": {"O": "W3C", "OU": "WebPlatform Docs"}},
         "replication": repl,
-        "seed": {"port": 24444, "timeout": 600},
+        # progress every 0.5 s: the tests' seeds copy tens of MB (salt-run mysqlrepl.seed prints it)
+        "seed": {"port": 24444, "timeout": 600, "progress_interval": 0.5},
         "admin": {"password": SWITCH_PASSWORD},
         # opadmin@localhost: the operators' own admin login (ALL PRIVILEGES)
         "switch": {"catchup_timeout": 3, "ready_timeout": 60, "admin_users": ["opadmin@localhost"]},

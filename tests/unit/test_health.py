@@ -261,3 +261,12 @@ def test_a_cipher_is_told_by_address_or_by_being_the_only_one():
     assert run(answers)["servers"]["db2"]["cipher"] == "TLS_AES_256_GCM_SHA384"
     answers["db1"]["binlog_dumps"][0]["cipher"] = "TLS_AES_128_GCM_SHA256"
     assert run(answers)["servers"]["db2"]["cipher"] is None
+
+
+def test_the_view_each_minion_sends_is_enough_for_the_report_and_holds_no_secret():
+    view = hl.view(CFG)
+    assert "s3cret" not in repr(view) and "tls_files" not in repr(view)
+    assert run(healthy(), cfg=view) == run(healthy())
+    answers = healthy()
+    answers["db3"]["replica"] = link(to="db2")
+    assert run(answers, cfg=view) == run(answers)

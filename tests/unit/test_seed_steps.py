@@ -551,7 +551,9 @@ def module(tmp_path, monkeypatch):
     seen = {"calls": [], "events": [], "sql": []}
     calls = seen["calls"]
 
-    def receive_backup(address, port, incoming, ca, cert, key, peer, timeout=None, progress=None, ready=None):
+    def receive_backup(address, port, incoming, ca, cert, key, peer, timeout=None, progress=None, ready=None,
+                       progress_interval=None):
+        assert progress_interval == 2.0  # pillar seed:progress_interval (default)
         calls.append(("stream", address, port, os.path.basename(incoming), os.path.basename(ca), peer, timeout))
         ready()
         (pathlib.Path(incoming) / MARKER).write_text("seeded")
@@ -674,3 +676,26 @@ def test_bound_callbacks_see_the_jobs_loader_from_a_util_and_from_a_thread(modul
     # in a thread of its own: no loader at all
     assert len(in_thread(unbound)) == 1
     assert in_thread(bound) == [] and sent == ["seed/db2/receive", "seed/db2/receive"]
+
+
+# -- what salt-run mysqlrepl.seed prints while it copies --------------------------------------
+
+def test_a_progress_line_with_an_estimate_says_how_long_is_left():
+    line = seed.progress_line("db3", "db1", 40 << 20, 80 << 20, 2.0)
+    assert line == "db3 <- db1: 40.0 MB of ~80.0 MB (50%), 20.0 MB/s, ~2 s left"
+
+
+def test_a_progress_line_past_the_estimate_or_without_one():
+    assert seed.progress_line("db3", "db1", 90 << 20, 80 << 20, 3.0).endswith("(100%), 30.0 MB/s, finishing")
+    assert seed.progress_line("db3", "db1", 1500, None, 1.0) == "db3 <- db1: 1.5 kB, 1.5 kB/s"
+
+
+def test_the_copy_estimate_leaves_out_logs_sockets_and_temp(tmp_path):
+    (tmp_path / "ibdata1").write_bytes(b"x" * 1000)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "t.ibd").write_bytes(b"x" * 500)
+    for skipped in ("mysql-bin.000001", "relay-bin.000002", "mysqld.pid", "ibtmp1"):
+        (tmp_path / skipped).write_bytes(b"x" * 10000)
+    (tmp_path / "#innodb_temp").mkdir()
+    (tmp_path / "#innodb_temp" / "temp_1.ibt").write_bytes(b"x" * 10000)
+    assert seed.copy_estimate(str(tmp_path), ("mysql-bin", "relay-bin")) == 1500

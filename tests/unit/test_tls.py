@@ -482,7 +482,15 @@ def test_a_certificate_that_does_not_fit_says_why(pki, tmp_path):
     assert tls.cert_problem(_spec(cn="db2"), pki["cert"], key_fp, ca_pem, 10).startswith("subject is ")
     assert tls.cert_problem(_spec(san=["10.0.0.11"]), pki["cert"], key_fp, ca_pem, 10).startswith(
         "subjectAltName is 10.0.0.11, db1.example, want 10.0.0.11")
-    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 30) == "expires in 30 days (renew at 30)"
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 30) == "expires in 30 days (renew at 30 days left)"
+    # pillar shortened the lifetime: a 30-day certificate is re-issued under a 7-day one
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 1, cert_days=7) == (
+        "valid for 30 days more, longer than tls:cert_days (7 days): re-issued")
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 1, cert_days=30) is None
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 40.5) == (
+        "expires in 30 days (renew at 40 days left)")
+    assert tls.cert_problem(_spec(), pki["cert"], key_fp, ca_pem, 1, cert_days=0.01) == (
+        "valid for 30 days more, longer than tls:cert_days (14 minutes): re-issued")
     assert tls.cert_problem(_spec(), pki["cert"], "0" * 64, ca_pem, 10) == "does not match the key"
     other_ca, _ = _make_ca(tmp_path / "other", name="other")
     assert tls.cert_problem(_spec(), pki["cert"], key_fp, other_ca.read_text(), 10) == "not signed by the topology CA"
@@ -495,3 +503,13 @@ def test_key_problem_names_mode_and_owner():
     assert tls.key_problem({"mode_ok": True, "owner_ok": True, "mode": "0600"}, "mysql") is None
     assert tls.key_problem({"mode_ok": False, "owner_ok": False, "mode": "0644"}, "mysql") == (
         "mode 0644 (want 0600), owner (want mysql)")
+
+
+def test_a_lifetime_of_a_fraction_of_a_day_is_minutes(pki):
+    """tls:cert_days 0.01 (rotation drills): the certificate ends 14.4 minutes after it is signed."""
+    cert = tls.sign_csr(pki["csr"], str(pki["ca_crt"]), str(pki["ca_key"]), days=0.01)
+    left = tls.cert_info(cert)["days_remaining"] * 1440
+    assert 14.0 < left <= 14.4, left
+    for bad in (0, -1, "x", True, None):
+        with pytest.raises(CommandExecutionError):
+            tls.sign_csr(pki["csr"], str(pki["ca_crt"]), str(pki["ca_key"]), days=bad)
