@@ -278,21 +278,8 @@ def main(argv=None):
             f"{p50(large.wall_s) / p50(small.wall_s):.3f}); {time.monotonic() - started:.1f} s in all")
         last = (f"health servers={small.size} wall_s={wall_s:.3f} wall_s_9={wall_s_9:.3f} ratio={ratio:.3f}")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if pids:
-            sb.stop_pids([(pid, what) for what, pid in pids.items()])
-        for topo in topologies:
-            if topo.servers:
-                try:
-                    mariadb.stop_servers(topo.servers.values())
-                except RuntimeError as exc:
-                    log(f"# {exc}")
-        sw.stop_leftovers(root)
-        mariadb.reap_zombies()
-        if not args.keep:
-            mariadb.remove_tree(root)
-        else:
+        sw.tear_down(root, pids, topologies, keep=args.keep)
+        if args.keep:
             log(f"# kept {root}")
     # the figures last, after whatever the cleanup printed
     log(last)

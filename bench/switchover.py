@@ -334,6 +334,31 @@ def _started_under(root):
     return out
 
 
+def tear_down(root, pids, topologies, keep=False, before_servers=None):
+    """
+    Every bench's cleanup, on a normal exit and on SIGTERM/SIGINT (ignored from
+    here on): the salt daemons by PID, ``before_servers()`` (a bench's own
+    processes, e.g. autossh and sshd), every topology's servers, whatever still
+    runs from ``root``, then ``root`` itself unless ``keep``.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pids:
+        sb.stop_pids([(pid, what) for what, pid in pids.items()])
+    if before_servers is not None:
+        before_servers()
+    for topo in topologies:
+        if topo.servers:
+            try:
+                mariadb.stop_servers(topo.servers.values())
+            except RuntimeError as exc:
+                log(f"# {exc}")
+    stop_leftovers(root)
+    mariadb.reap_zombies()
+    if not keep:
+        mariadb.remove_tree(root)
+
+
 def stop_leftovers(root):
     """Whatever still runs from ``root`` after the normal stop (a signal during start-up):
     SIGTERM by PID, then SIGKILL after 20 s."""
@@ -431,21 +456,8 @@ def main(argv=None):
         for topo in topologies:
             for w in writers.get(topo.name, ()):
                 w.stop_event.set()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if pids:
-            sb.stop_pids([(pid, what) for what, pid in pids.items()])
-        for topo in topologies:
-            if topo.servers:
-                try:
-                    mariadb.stop_servers(topo.servers.values())
-                except RuntimeError as exc:
-                    log(f"# {exc}")
-        stop_leftovers(root)
-        mariadb.reap_zombies()
-        if not args.keep:
-            mariadb.remove_tree(root)
-        else:
+        tear_down(root, pids, topologies, keep=args.keep)
+        if args.keep:
             log(f"# kept {root}")
 
 

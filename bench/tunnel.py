@@ -332,32 +332,23 @@ def main(argv=None):
         last = (f"tunnel direct_rows_s={d:.0f} tunnel_rows_s={tn:.0f} ratio={tn / d:.2f} "
                 f"lag_p50_ms={p50(lags['db3']):.2f} reconnect_s={p50(backs):.2f}")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if pids:
-            sb.stop_pids([(pid, what) for what, pid in pids.items()])
-        # autossh first (it would start ssh again), by PID: its argv names the runtime dir
-        for pid, _ppid, argv in _processes():
-            if argv and argv[0].endswith("autossh") and any(str(root) in a for a in argv):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        if topo.sshd is not None:
-            topo.sshd.stop()
-        if topo.servers:
-            try:
-                mariadb.stop_servers(topo.servers.values())
-            except RuntimeError as exc:
-                log(f"# {exc}")
-        sw.stop_leftovers(root)  # autossh and its ssh (they name the runtime dir)
-        mariadb.reap_zombies()
+        def tunnel_processes():
+            # autossh first (it would start ssh again), by PID: its argv names the runtime dir
+            for pid, _ppid, argv in _processes():
+                if argv and argv[0].endswith("autossh") and any(str(root) in a for a in argv):
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            if topo.sshd is not None:
+                topo.sshd.stop()
+
+        # stop_leftovers then gets autossh's ssh (it names the runtime dir)
+        sw.tear_down(root, pids, [topo], keep=args.keep, before_servers=tunnel_processes)
         pathlib.Path("/etc/hosts").write_bytes(hosts_before)
         if not user_existed:
             os.system(f"userdel {USER} 2>/dev/null")  # noqa: S605 (fixed name)
-        if not args.keep:
-            mariadb.remove_tree(root)
-        else:
+        if args.keep:
             log(f"# kept {root}")
     # the figures last, after whatever the cleanup printed
     log(last)
