@@ -504,8 +504,10 @@ def cert_apply(server=None):
     """
     Second half of the server's TLS files: the CA certificate and the server's
     signed certificate(s), taken from the CA minion's mine data once it signed
-    the current CSR. Returns ``{"changes": {...}, "waiting": [...]}``;
-    ``waiting`` names what only the CA minion can provide. Reloads the files of
+    the current CSR. Returns ``{"changes": {...}, "waiting": [...], "pending":
+    [...]}``; ``waiting`` names what only the CA minion can provide and the
+    server cannot do without; ``pending``, a renewal the CA has not signed yet
+    while the current certificate is still valid. Reloads the files of
     a running TLS server with ``FLUSH NO_WRITE_TO_BINLOG SSL`` when they changed.
 
     CLI Example:
@@ -518,7 +520,7 @@ def cert_apply(server=None):
     srv = _server(server)
     tls = lambda fn: _u(f"mysqlrepl_tls.{fn}")  # noqa: E731
     changes = {}
-    waiting = []
+    waiting, pending = [], []
     published = _ca_from_mine(cfg)
     reload_needed = False
     ca_pem = published.get("ca")
@@ -539,16 +541,20 @@ def cert_apply(server=None):
             continue
         offered = ((published.get("certs") or {}).get(srv["name"]) or {}).get(cert["id"])
         if not offered or _cert_problem(cfg, cert, offered, key_fp, ca_pem) is not None:
-            waiting.append(f"{cert['id']} certificate: CA minion {cfg['ca']['minion']} has not signed "
-                           "the current CSR yet (apply mysqlrepl.ca there, or run the "
-                           "mysqlrepl.orch.setup orchestration)")
+            why = (f"{cert['id']} certificate: CA minion {cfg['ca']['minion']} has not signed "
+                   "the current CSR yet (apply mysqlrepl.ca there, or run the "
+                   "mysqlrepl.orch.setup orchestration)")
+            # only due for renewal (still valid, fits, signed by the CA): the server keeps it
+            # meanwhile, and the states that need TLS go on
+            valid = current and _u("mysqlrepl_tls.cert_problem")(cert, current, key_fp, ca_pem, 0) is None
+            (pending if valid else waiting).append(why)
             continue
         _write_file(cert["cert"], offered, mode=0o644)
         changes[f"{cert['id']}.crt"] = "installed"
         reload_needed = True
     if reload_needed:
         _flush_ssl_if_running(srv)
-    return {"changes": changes, "waiting": waiting}
+    return {"changes": changes, "waiting": waiting, "pending": pending}
 
 
 def _flush_ssl_if_running(srv):

@@ -22,9 +22,15 @@ def __virtual__():
     return "mysqlrepl_health"
 
 
+def _days(days):
+    if days is None:
+        return "-"
+    return f"{days:.0f}" if abs(days) >= 1 else f"{days * 1440:.0f}m"
+
+
 def _cells(row):
     behind = row.get("seconds_behind")
-    trx = sum((row.get("gtid_behind") or {}).values())
+    trx = "?" if row.get("gtid_behind") is None else sum(row["gtid_behind"].values())
     return {
         "server": row.get("server"),
         "role": row.get("role"),
@@ -34,7 +40,7 @@ def _cells(row):
         "behind": "-" if behind is None and not row.get("io") else f"{behind if behind is not None else '?'}s/{trx}trx",
         "tls": row.get("tls") or "-",
         "cipher": row.get("cipher") or "-",
-        "cert_days_left": "-" if row.get("cert_days_left") is None else f"{row['cert_days_left']:.0f}",
+        "cert_days_left": _days(row.get("cert_days_left")),
     }
 
 

@@ -65,7 +65,8 @@ def _fail(ret, message):
 def _progress(message, tag=None, **data):
     """Print progress in salt-run's output and put it on the event bus."""
     try:
-        __jid_event__.fire_event({"message": message}, "progress")
+        # printed by the formula's progress outputter: the message alone, one line
+        __jid_event__.fire_event({"message": message, "outputter": "mysqlrepl_progress"}, "progress")
     except NameError:
         pass
     if tag:
@@ -225,7 +226,8 @@ def health(topology=None, tgt=DEFAULT_TGT, tgt_type="compound", timeout=10, lag_
     for name, srv in cfg["servers"].items():
         if name not in answers:
             minion = srv["minion"]
-            why = ("did not answer" if minion in silent else f"failed: {broken[minion]}" if minion in broken
+            why = (f"did not answer within {timeout} s (is its salt-minion running? salt-run manage.down)"
+                   if minion in silent else f"failed: {broken[minion]}" if minion in broken
                    else "is not targeted or has no mysqlrepl pillar")
             answers[name] = {"error": f"minion {minion} {why}"}
     limits = dict(cfg.get("health") or {})

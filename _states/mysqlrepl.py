@@ -197,7 +197,10 @@ def tls_ready(name="local"):
         res = __salt__["mysqlrepl.cert_apply"](server)
         if res["waiting"]:
             return False, res["changes"], "waiting for: " + "; ".join(res["waiting"])
-        return True, res["changes"], "certificates updated" if res["changes"] else "certificates in place"
+        comment = "certificates updated" if res["changes"] else "certificates in place"
+        if res.get("pending"):
+            comment += "; renewal due, the current one is still valid: " + "; ".join(res["pending"])
+        return True, res["changes"], comment
 
     return _each(name, apply)
 

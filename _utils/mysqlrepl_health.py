@@ -16,11 +16,13 @@ apply them (each one is unit-tested in ``tests/unit/test_health.py``):
    error (``Last_IO_Error`` / ``Last_SQL_Error``).
 4. Lag: ``Seconds_Behind_Master`` over ``health:lag_s``, or (when the source
    answered) more than ``health:gtid_behind`` transactions behind its source's
-   binlog in any domain.
+   binlog in any domain. Errant transactions (when the source answered): the
+   replica wrote transactions of its own that its source never had.
 5. Every link uses TLS and verifies the master's certificate
    (``Master_SSL_Allowed`` and ``Master_SSL_Verify_Server_Cert``); the master's
    Binlog Dump threads all carry a cipher.
-6. Certificates: one within ``health:cert_days`` of expiry, or expired.
+6. Certificates: one within ``health:cert_days`` of expiry, or expired; one
+   that cannot be read (the TLS login to read it failed) is its own kind.
 7. Writable servers: only the master of record (both masters of a pair). A
    replica that is writable is a problem; two writable servers outside a pair
    are the worst one (named first in the verdict).
@@ -48,9 +50,9 @@ import datetime
 DEFAULTS = {"lag_s": 30, "gtid_behind": 1000, "cert_days": 14}
 
 # the order problems are listed in (the verdict names the first)
-KINDS = ("two_writable", "unreachable", "master_read_only", "writable_replica", "wrong_source",
-         "io_stopped", "sql_stopped", "lag", "no_tls", "not_verified", "cert_expiry", "tunnel_down",
-         "check_failed")
+KINDS = ("two_writable", "unreachable", "master_read_only", "writable_replica", "wrong_source", "errant",
+         "io_stopped", "sql_stopped", "lag", "no_tls", "not_verified", "cert_expiry", "cert_unreadable",
+         "tunnel_down", "check_failed")
 
 
 def _source(cfg, name):
@@ -90,6 +92,33 @@ def openssl_time(text):
         return None
     when = datetime.datetime.strptime(text.replace(" GMT", ""), "%b %d %H:%M:%S %Y")
     return when.replace(tzinfo=datetime.timezone.utc).isoformat()
+
+
+def errant(replica_state, source_state, server_id):
+    """
+    Transactions a replica wrote itself (its ``server_id`` in its
+    ``gtid_binlog_state``) beyond what its source has of them: ``["d-s-n"]``.
+    Only its own server_id is compared, so a source read a moment earlier
+    than the replica cannot make replicated transactions look errant. These
+    are what a switch to that replica refuses (MariaDB's errant-GTID rule).
+    """
+    def state(text):
+        out = {}
+        for part in (text or "").replace("\n", "").split(","):
+            part = part.strip()
+            if part:
+                domain, sid, seq = (int(x) for x in part.split("-"))
+                out[(domain, sid)] = max(seq, out.get((domain, sid), 0))
+        return out
+
+    mine, theirs = state(replica_state), state(source_state)
+    return sorted(f"{d}-{sid}-{n}" for (d, sid), n in mine.items()
+                  if sid == int(server_id) and n > theirs.get((d, sid), 0))
+
+
+def days_text(days):
+    """``365 days`` / ``28 minutes`` (rotation drills use fractions of a day)."""
+    return f"{days:.1f} days" if abs(days) >= 1 else f"{days * 1440:.0f} minutes"
 
 
 def days_left(not_after, now):
@@ -153,7 +182,7 @@ def server_row(cfg, name, answer, answers, now, server_at, limits=None):
     if not isinstance(answer, dict) or "error" in answer:
         row["seen"] = "unreachable"
         error = answer.get("error") if isinstance(answer, dict) else answer
-        problem("unreachable", f"{name} did not answer: {error}")
+        problem("unreachable", f"{name} cannot be read: {error}")
         return row
     variables = answer.get("variables") or {}
     rs = answer.get("replica")
@@ -191,6 +220,13 @@ def server_row(cfg, name, answer, answers, now, server_at, limits=None):
         if isinstance(src_answer, dict) and "error" not in src_answer:
             row["gtid_behind"] = gtid_behind((answer.get("gtid") or {}).get("slave_pos"),
                                              (src_answer.get("gtid") or {}).get("binlog_pos"))
+            own = variables.get("server_id")
+            extra = errant((answer.get("gtid") or {}).get("binlog_state"),
+                           (src_answer.get("gtid") or {}).get("binlog_state"), own) if own else []
+            if extra:
+                problem("errant", f"{name} has transactions {upstream} never had: {', '.join(extra[:5])} (written on "
+                                  f"{name} itself): a switch to {name} is refused; reconcile them or re-seed "
+                                  f"{name} (salt-run mysqlrepl.seed replica={name} force=True)")
         if row["seconds_behind"] is not None and row["seconds_behind"] > limits["lag_s"]:
             problem("lag", f"{name} is {row['seconds_behind']} s behind {upstream or 'its master'}")
         elif row["gtid_behind"] and max(row["gtid_behind"].values()) > limits["gtid_behind"]:
@@ -215,14 +251,17 @@ def server_row(cfg, name, answer, answers, now, server_at, limits=None):
     days = []
     for what, cert in sorted((answer.get("certs") or {}).items()):
         if not cert or cert.get("error"):
-            problem("cert_expiry", f"{name}: {what} certificate unreadable ({(cert or {}).get('error')})")
+            problem("cert_unreadable", f"{name}: cannot read the {what} certificate "
+                                       f"({(cert or {}).get('error')})")
             continue
         left = days_left(cert["not_after"], now)
         days.append(left)
         if left <= 0:
             problem("cert_expiry", f"{name}: {what} certificate expired on {cert['not_after']}")
         elif left <= limits["cert_days"]:
-            problem("cert_expiry", f"{name}: {what} certificate expires in {left:.1f} days ({cert['not_after']})")
+            problem("cert_expiry", f"{name}: {what} certificate expires in {days_text(left)} ({cert['not_after']}); "
+                                   "the highstate renews it tls:renew_days before expiry: is the CA minion's run "
+                                   "failing?")
     row["cert_days_left"] = round(min(days), 4) if days else None
     # 7 (one server's part): a replica that is writable
     if writable and not master:
@@ -302,14 +341,28 @@ def local_problems(cfg, answers, now, server_at, limits=None):
     return problems
 
 
-def beacon_events(previous, problems):
+# roles change during a planned switch before the minions' pillar names the new master
+# (it is refreshed at the switch's end): these fire only when two checks in a row see them
+CONFIRMED = ("wrong_source", "master_read_only", "writable_replica")
+
+
+def beacon_events(previous, problems, confirm=2):
     """
-    ``previous``: what the last interval saw, ``{"server|kind": problem}``;
-    ``problems``: what this one sees. Returns ``(events, current)``: an event
-    (``tag`` = kind) per ``(server, kind)`` that is new, a ``<kind>/cleared``
-    event per one that is gone, and ``current`` to pass next time. Several
-    problems of one kind on one server are one event (their details joined).
+    ``previous``: what the last interval returned as state (``{}`` the first
+    time); ``problems``: what this one sees. Returns ``(events, state)``:
+
+    * an event (``tag`` = kind) per ``(server, kind)`` that is new; kinds in
+      :data:`CONFIRMED` (roles, which a switch moves for a moment) only once
+      ``confirm`` checks in a row saw them;
+    * a ``<kind>/cleared`` event per one fired before that is gone (for those
+      kinds, gone ``confirm`` checks in a row);
+    * nothing while a fault stays, however its detail moves.
+
+    Several problems of one kind on one server are one event (details joined).
     """
+    fired = dict(previous.get("fired") or {})
+    pending = dict(previous.get("pending") or {})
+    absent = dict(previous.get("absent") or {})
     current = {}
     for p in problems:
         key = f"{p['server']}|{p['kind']}"
@@ -317,9 +370,30 @@ def beacon_events(previous, problems):
             current[key] = dict(current[key], detail=f"{current[key]['detail']}; {p['detail']}")
         else:
             current[key] = dict(p)
-    events = [dict(p, tag=p["kind"]) for key, p in sorted(current.items()) if key not in previous]
-    for key, p in sorted(previous.items()):
-        if key not in current:
-            events.append({"tag": f"{p['kind']}/cleared", "server": p["server"], "kind": p["kind"],
-                           "detail": f"cleared: {p['detail']}"})
-    return events, current
+    events = []
+    for key, p in sorted(current.items()):
+        absent.pop(key, None)
+        if key in fired:
+            fired[key] = p
+            continue
+        seen = pending.get(key, 0) + 1
+        if p["kind"] in CONFIRMED and seen < confirm:
+            pending[key] = seen
+            continue
+        pending.pop(key, None)
+        fired[key] = p
+        events.append(dict(p, tag=p["kind"]))
+    for key in [k for k in pending if k not in current]:
+        del pending[key]
+    for key, p in sorted(fired.items()):
+        if key in current:
+            continue
+        gone = absent.get(key, 0) + 1
+        if p["kind"] in CONFIRMED and gone < confirm:
+            absent[key] = gone
+            continue
+        absent.pop(key, None)
+        del fired[key]
+        events.append({"tag": f"{p['kind']}/cleared", "server": p["server"], "kind": p["kind"],
+                       "detail": f"cleared: {p['detail']}"})
+    return events, {"fired": fired, "pending": pending, "absent": absent}

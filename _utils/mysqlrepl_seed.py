@@ -337,14 +337,16 @@ def copy_estimate(datadir, skip_prefixes=()):
     """
     Bytes a physical backup of ``datadir`` copies, roughly: every file under
     it but the binary and relay logs (``skip_prefixes``: their basenames),
-    sockets, pid files and the InnoDB temporary tablespace. For the estimated
-    time left only.
+    the redo log, sockets, pid files and the InnoDB temporary tablespace. For
+    the estimated time left only.
     """
     total = 0
     for root, dirs, files in os.walk(datadir):
         dirs[:] = [d for d in dirs if d != "#innodb_temp"]
         for name in files:
-            if name.endswith((".pid", ".sock")) or name == "ibtmp1" or name.startswith(tuple(skip_prefixes)):
+            # the redo log: mariadb-backup copies only what is written meanwhile
+            if (name.endswith((".pid", ".sock")) or name == "ibtmp1" or name.startswith("ib_logfile")
+                    or name.startswith(tuple(skip_prefixes))):
                 continue
             try:
                 total += os.lstat(os.path.join(root, name)).st_size

@@ -223,7 +223,7 @@ def test_the_beacon_sees_only_its_own_servers():
 
 def test_a_healthy_minion_fires_nothing_ever():
     events, state = hl.beacon_events({}, hl.local_problems(CFG, {"db2": healthy()["db2"]}, NOW, rp.server_at))
-    assert events == [] and state == {}
+    assert events == [] and state == {"fired": {}, "pending": {}, "absent": {}}
     assert hl.beacon_events(state, [])[0] == []
 
 
@@ -236,7 +236,7 @@ def test_a_fault_fires_once_while_it_stays_then_cleared_once():
     assert events == []
     events, state = hl.beacon_events(state, [])
     assert events == [{"tag": "lag/cleared", "server": "db2", "kind": "lag", "detail": "cleared: db2 is 90 s behind db1"}]
-    assert state == {}
+    assert state["fired"] == {}
 
 
 def test_a_second_kind_on_the_same_server_fires_its_own_event():
@@ -270,3 +270,77 @@ def test_the_view_each_minion_sends_is_enough_for_the_report_and_holds_no_secret
     answers = healthy()
     answers["db3"]["replica"] = link(to="db2")
     assert run(answers, cfg=view) == run(answers)
+
+
+
+def test_role_faults_fire_only_when_two_checks_in_a_row_see_them():
+    """A planned switch moves roles before the minions' pillar names the new master: one check
+    seeing it is no alarm; a writable replica that stays is."""
+    odd = {"server": "db2", "kind": "master_read_only", "detail": "db2 is the master of record but read-only"}
+    events, state = hl.beacon_events({}, [odd])
+    assert events == [] and state["pending"] == {"db2|master_read_only": 1}
+    events, state = hl.beacon_events(state, [])
+    assert events == [] and state["pending"] == {}
+    _events, state = hl.beacon_events({}, [odd])
+    events, state = hl.beacon_events(state, [odd])
+    assert [e["tag"] for e in events] == ["master_read_only"]
+    events, state = hl.beacon_events(state, [])
+    assert events == [] and state["absent"] == {"db2|master_read_only": 1}
+    events, state = hl.beacon_events(state, [odd])
+    assert events == [] and state["absent"] == {}
+    _events, state = hl.beacon_events(state, [])
+    events, state = hl.beacon_events(state, [])
+    assert [e["tag"] for e in events] == ["master_read_only/cleared"]
+
+
+def test_transactions_a_replica_wrote_itself_are_errant():
+    answers = healthy()
+    for name, sid in (("db1", 11), ("db2", 12), ("db3", 13)):
+        answers[name]["variables"]["server_id"] = str(sid)
+    answers["db1"]["gtid"]["binlog_state"] = "0-11-100"
+    answers["db2"]["gtid"]["binlog_state"] = "0-11-100,0-12-101"
+    answers["db3"]["gtid"]["binlog_state"] = "0-11-101"  # read a moment after db1: not errant
+    out = run(answers)
+    assert kinds(out) == [("db2", "errant")] and "0-12-101" in out["verdict"]
+    assert hl.errant("0-11-100,0-12-5", "0-11-90,0-12-5", 12) == []
+
+
+def test_a_certificate_that_cannot_be_read_is_not_an_expiry():
+    answers = healthy()
+    answers["db2"]["certs"]["server"] = {"error": "cannot connect: 4151: Access denied, this account is locked"}
+    out = run(answers)
+    assert kinds(out) == [("db2", "cert_unreadable")] and "account is locked" in out["verdict"]
+
+
+def test_a_drill_certificate_says_minutes():
+    answers = healthy()
+    answers["db2"]["certs"]["server"]["not_after"] = "2026-12-08T00:28:00+00:00"
+    assert "expires in 28 minutes" in run(answers)["verdict"]
+
+
+def _outputter(name):
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import pathlib  # pylint: disable=import-outside-toplevel
+    path = pathlib.Path(__file__).resolve().parents[2] / "_output" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_out_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_terminal_table_starts_with_the_verdict_and_marks_the_unknown():
+    answers = healthy()
+    answers["db2"]["replica"] = link(sql_running="No", last_sql_errno=1062, last_sql_error="dup")
+    answers["db1"] = {"error": "down"}
+    text = _outputter("mysqlrepl_health").render(dict(run(answers), topology="production"))
+    lines = text.splitlines()
+    assert lines[0].startswith("production: unhealthy: db1 cannot be read: down (and 1 more)")
+    assert lines[2].split()[:3] == ["SERVER", "ROLE", "(RECORD)"]
+    db2 = next(line for line in lines if line.startswith("db2 "))
+    assert "Yes/No" in db2 and "0s/?trx" in db2, db2
+    assert "  db2 last_sql_error: 1062: dup" in lines and "  - [sql_stopped] db2: SQL thread No (1062: dup)" in lines
+
+
+def test_a_progress_event_prints_its_message_alone():
+    out = _outputter("mysqlrepl_progress").output({"suffix": "progress", "event": {"message": "db3 <- db1: 1 MB"}})
+    assert out == "db3 <- db1: 1 MB"

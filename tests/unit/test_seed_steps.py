@@ -694,7 +694,7 @@ def test_the_copy_estimate_leaves_out_logs_sockets_and_temp(tmp_path):
     (tmp_path / "ibdata1").write_bytes(b"x" * 1000)
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "t.ibd").write_bytes(b"x" * 500)
-    for skipped in ("mysql-bin.000001", "relay-bin.000002", "mysqld.pid", "ibtmp1"):
+    for skipped in ("mysql-bin.000001", "relay-bin.000002", "mysqld.pid", "ibtmp1", "ib_logfile0"):
         (tmp_path / skipped).write_bytes(b"x" * 10000)
     (tmp_path / "#innodb_temp").mkdir()
     (tmp_path / "#innodb_temp" / "temp_1.ibt").write_bytes(b"x" * 10000)
