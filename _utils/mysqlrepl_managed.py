@@ -30,7 +30,8 @@ Rules:
    set (1..max), and read back.
 4. Import into a managed server (:func:`import_line`): no ``mysql`` schema,
    no DEFINER clauses, no ``SET GLOBAL`` / ``SET @@GLOBAL``, no
-   ``sql_log_bin`` (each would fail with 1227, §3).
+   ``sql_log_bin``, no ``CHANGE MASTER`` (each would fail with 1227, §3; the
+   last one is in ``--master-data=1`` dumps, found against the RDS-like server).
 5. Error 1236 (:func:`explain_1236`): "purged binary log" means re-seed;
    anything else after a source failover is an operator's decision
    (``rds_next_master_log``): never advanced automatically (§5).
@@ -160,15 +161,16 @@ _MYSQL_SCHEMA = re.compile(r"^\s*(CREATE\s+DATABASE\b.*`mysql`|USE\s+`?mysql`?\s
 def import_line(line):
     """
     Rule 4: one line of a dump, as it may be imported into a managed server:
-    ``None`` to leave it out (``SET GLOBAL``, ``sql_log_bin``), else the line
+    ``None`` to leave it out (``SET GLOBAL``, ``sql_log_bin``, ``CHANGE
+    MASTER`` and whatever else :func:`refused_statement` refuses), else the line
     without DEFINER clauses (the objects then belong to the importing admin).
     A dump of the ``mysql`` schema raises ``ValueError``: it is never imported
     (its accounts and grants are the managed server's own).
     """
     if _MYSQL_SCHEMA.match(line):
         raise ValueError("the dump holds the mysql schema: dump the replicated databases only")
-    if _DROP_LINE.match(line):
-        return None
+    if _DROP_LINE.match(line) or _REFUSED.match(line):
+        return None  # e.g. --master-data=1's SET GLOBAL gtid_slave_pos and CHANGE MASTER
     return _DEFINER.sub("", line)
 
 

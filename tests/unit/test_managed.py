@@ -123,6 +123,7 @@ def test_an_import_leaves_out_global_settings_and_sql_log_bin_and_definers():
     assert mg.import_line("SET GLOBAL gtid_slave_pos='0-11-5';\n") is None
     assert mg.import_line("/*!40101 SET @@GLOBAL.GTID_PURGED='x' */;\n") is None
     assert mg.import_line("SET @@SESSION.SQL_LOG_BIN= 0;\n") is None
+    assert mg.import_line("CHANGE MASTER TO MASTER_USE_GTID=slave_pos;\n") is None
     assert mg.import_line("-- SET GLOBAL gtid_slave_pos='0-11-5';\n") == "-- SET GLOBAL gtid_slave_pos='0-11-5';\n"
     assert mg.import_line("/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t1 ...\n") == (
         "/*!50003 CREATE*/ /*!50017*/ /*!50003 TRIGGER t1 ...\n")
