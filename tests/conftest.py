@@ -14,6 +14,7 @@ The root is removed at the end unless MYSQLREPL_KEEP_TMP=1.
 """
 
 import concurrent.futures
+import copy
 import logging
 import os
 import pathlib
@@ -312,6 +313,8 @@ def write_pillar(pillar_dir, salt_cli, salt_minions):
             "-L", "saltutil.refresh_pillar", "wait=True", minion_tgt=",".join(salt_minions)
         )
         _check_all_true(ret, list(salt_minions), "saltutil.refresh_pillar")
+        _write.last = copy.deepcopy(data)
         return sls
 
+    _write.last = None  # what the session's minions hold now (a test that changes it puts it back)
     return _write

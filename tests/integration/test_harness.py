@@ -77,10 +77,15 @@ def test_service_states_through_provider(salt_cli, salt_minions, mariadb_servers
 
 
 def test_write_pillar(write_pillar, salt_cli, salt_minions):
-    # pillar persists for the session: every test writes the pillar it needs
-    write_pillar({"mysqlrepl": {"topology": "harness-smoke"}})
-    ret = salt_cli.run(
-        "-L", "pillar.get", "mysqlrepl:topology", "unmask=True",
-        minion_tgt=",".join(salt_minions),
-    )
-    assert ret.data == {mid: "harness-smoke" for mid in salt_minions}, ret
+    # pillar persists for the session: put back what an earlier module's fixture wrote
+    before = write_pillar.last
+    try:
+        write_pillar({"mysqlrepl": {"topology": "harness-smoke"}})
+        ret = salt_cli.run(
+            "-L", "pillar.get", "mysqlrepl:topology", "unmask=True",
+            minion_tgt=",".join(salt_minions),
+        )
+        assert ret.data == {mid: "harness-smoke" for mid in salt_minions}, ret
+    finally:
+        if before is not None:
+            write_pillar(before)
