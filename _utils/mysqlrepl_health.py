@@ -65,6 +65,18 @@ def _is_master(cfg, name):
     return name in (cfg["masters"] if cfg.get("two_masters") else [cfg["master"]])
 
 
+def _gtid_list(text):
+    """``"0-11-5,1-12-3"`` -> ``{(0, 11): 5, (1, 12): 3}`` (as ``mysqlrepl_switch.parse_gtid_list``;
+    this module loads no sibling)."""
+    out = {}
+    for part in (text or "").replace("\n", "").split(","):
+        part = part.strip()
+        if part:
+            domain, sid, seq = (int(x) for x in part.split("-"))
+            out[(domain, sid)] = max(seq, out.get((domain, sid), 0))
+    return out
+
+
 def gtid_behind(replica_pos, master_pos):
     """
     Transactions ``replica_pos`` (its ``gtid_slave_pos``) lacks of
@@ -74,11 +86,8 @@ def gtid_behind(replica_pos, master_pos):
     """
     def per_domain(text):
         out = {}
-        for part in (text or "").replace("\n", "").split(","):
-            part = part.strip()
-            if part:
-                domain, _server_id, seq = (int(x) for x in part.split("-"))
-                out[domain] = max(seq, out.get(domain, 0))
+        for (domain, _server_id), seq in _gtid_list(text).items():
+            out[domain] = max(seq, out.get(domain, 0))
         return out
 
     have, want = per_domain(replica_pos), per_domain(master_pos)
@@ -102,16 +111,7 @@ def errant(replica_state, source_state, server_id):
     than the replica cannot make replicated transactions look errant. These
     are what a switch to that replica refuses (MariaDB's errant-GTID rule).
     """
-    def state(text):
-        out = {}
-        for part in (text or "").replace("\n", "").split(","):
-            part = part.strip()
-            if part:
-                domain, sid, seq = (int(x) for x in part.split("-"))
-                out[(domain, sid)] = max(seq, out.get((domain, sid), 0))
-        return out
-
-    mine, theirs = state(replica_state), state(source_state)
+    mine, theirs = _gtid_list(replica_state), _gtid_list(source_state)
     return sorted(f"{d}-{sid}-{n}" for (d, sid), n in mine.items()
                   if sid == int(server_id) and n > theirs.get((d, sid), 0))
 
